@@ -1,0 +1,1 @@
+"""Shared plumbing: the registry class and atomic, content-addressed storage."""

@@ -1,0 +1,1 @@
+"""Runners: training, evaluating one cell, the sweep, reports."""

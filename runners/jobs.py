@@ -1,0 +1,53 @@
+"""The unit of scheduling: one trained model and the cells that evaluate it.
+
+A :class:`ModelJob` trains its model unless the checkpoint exists (resuming from the last epoch
+if a previous run stopped part-way), then computes each of its cells that has no result file
+yet. The model is loaded once for all of its cells; each cell still gets its own result file.
+A cell that raises is reported and the job goes on with the next.
+"""
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+from runners.evaluate import Cell, run_cell
+from runners.training import TrainSpec, load_trained, train_model
+
+
+@dataclass
+class ModelJob:
+    spec: TrainSpec
+    cells: List[Cell]
+    store: str
+    device: str = "auto"
+    threads: Optional[int] = None
+    progress: bool = True
+
+    def __call__(self) -> Dict[str, Any]:
+        import torch
+
+        from data import load_dataset
+
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        record = train_model(self.spec, self.store, device=self.device, progress=self.progress)
+        errors: Dict[str, str] = {}
+        pending = [cell for cell in self.cells if not cell.path(self.store).exists()]
+        if pending:
+            dataset = load_dataset(self.spec.data)
+            model, record = load_trained(self.spec, self.store, dataset, device=self.device)
+            for cell in pending:
+                try:
+                    run_cell(cell, self.store, device=self.device, progress=self.progress,
+                             model=model, record=record, dataset=dataset)
+                except Exception:  # reported per cell; the job goes on
+                    errors[cell.key()] = "\n".join(traceback.format_exc().strip().splitlines()[-6:])
+        return {"model": self.spec.model, "test_accuracy": record["test_accuracy"],
+                "train_seconds": record.get("train_seconds"), "errors": errors}
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        """On preemption or timeout submitit requeues the same job; it resumes from its files."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self)

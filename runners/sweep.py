@@ -1,0 +1,259 @@
+"""The sweep: ``python runners/sweep.py zoo=all metric=pixel_removal``.
+
+Expands models x explainers x metrics x data x seeds into cells, trains the models that are
+missing, computes the cells that have no result yet (one job per model, through the launcher),
+and writes the leaderboard under ``results/<data>/``. A second identical run finds every
+checkpoint and cell result and only rebuilds the leaderboard.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+if __package__ in (None, ""):  # run as a script: make the project importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from bench.registry import Registry, UnknownNameError
+from bench.storage import atomic_write_json, git_commit, plain, read_json, stable_hash, work_dir
+from data import DATASETS
+from explainers import EXPLAINERS
+from metrics import METRICS
+from zoo import MODELS
+
+CONFIG_DIR = Path(__file__).resolve().parent / "conf"
+DEFAULT_EXPLAINERS = ("native", "gradcam", "random")
+
+
+class SweepConfigError(ValueError):
+    """A bad name or value in the sweep's config; the message is one line."""
+
+
+def register_configs() -> None:
+    """Put the registries' names and default arguments into hydra's config store.
+
+    ``data=<name>`` selects a dataset (its arguments under ``data.*``); ``explainers.<name>.*``
+    and ``metrics.<name>.*`` hold each method's arguments, so a new file in ``data/``,
+    ``explainers/`` or ``metrics/`` needs no YAML.
+    """
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    for name in DATASETS.list():
+        store.store(group="data", name=name, node={"name": name, **plain(DATASETS.defaults(name))})
+    store.store(name="registry_defaults", node={
+        "explainers": {name: plain(EXPLAINERS.defaults(name)) for name in EXPLAINERS.list()},
+        "metrics": {name: plain(METRICS.defaults(name)) for name in METRICS.list()},
+    })
+
+
+def resolve_names(value: Any, registry: Registry, option: str, extra: Sequence[str] = ()) -> List[str]:
+    """``all``, a name, a comma-separated string or a list -> registered names (checked)."""
+    if isinstance(value, (list, tuple, ListConfig)):
+        names = [str(v) for v in value]
+    else:
+        names = [part.strip() for part in str(value).split(",") if part.strip()]
+    if names == ["all"]:
+        return registry.list()
+    resolved: List[str] = []
+    for name in names:
+        if name in extra:
+            resolved.append(name)
+            continue
+        try:
+            registry.check(name)
+        except UnknownNameError as error:
+            raise SweepConfigError(f"{option}={name}: {error}") from None
+        resolved.append(name)
+    if not resolved:
+        raise SweepConfigError(f"{option} is empty; valid names: all, {', '.join(registry.list())}")
+    return list(dict.fromkeys(resolved))
+
+
+@dataclass
+class Plan:
+    specs: Dict[str, Any] = field(default_factory=dict)  # model key -> TrainSpec
+    cells: Dict[str, List[Any]] = field(default_factory=dict)  # model key -> its cells
+    cost: Dict[str, float] = field(default_factory=dict)  # model key -> training MACs (for ordering)
+    skipped: List[str] = field(default_factory=list)  # explainer/model pairs that do not apply
+
+    @property
+    def all_cells(self) -> List[Any]:
+        return [cell for cells in self.cells.values() for cell in cells]
+
+
+def plan_sweep(cfg: DictConfig) -> Plan:
+    """Check every name in ``cfg`` and expand it into training specs and cells."""
+    from data import load_dataset
+    from runners.evaluate import Cell, TARGETS
+    from runners.launchers import LAUNCHERS
+    from runners.training import TrainSpec, check_recipe, default_recipe_name, multiply_accumulates
+    from zoo import create_model
+
+    models = resolve_names(cfg.zoo, MODELS, "zoo")
+    metrics = resolve_names(cfg.metric, METRICS, "metric")
+    if str(cfg.explainer) == "default":
+        explainer_names = list(DEFAULT_EXPLAINERS)
+    else:
+        explainer_names = resolve_names(cfg.explainer, EXPLAINERS, "explainer")
+    if cfg.launcher.name not in LAUNCHERS:
+        raise SweepConfigError(f"unknown launcher '{cfg.launcher.name}'; valid launchers: {', '.join(LAUNCHERS)}")
+    if cfg.profile.eval.target not in TARGETS:
+        raise SweepConfigError(f"unknown eval target '{cfg.profile.eval.target}'; valid targets: {', '.join(TARGETS)}")
+    for name in cfg.get("model_args", {}) or {}:
+        resolve_names(name, MODELS, "model_args")
+    for name, recipe in cfg.profile.recipes.items():
+        try:
+            check_recipe(plain(recipe))
+        except ValueError as error:
+            raise SweepConfigError(f"profile.recipes.{name}: {error}") from None
+    explainer_objects = {}
+    for name in explainer_names:
+        try:
+            explainer_objects[name] = EXPLAINERS.create(name, **plain(cfg.explainers.get(name, {})))
+        except (TypeError, ValueError) as error:
+            raise SweepConfigError(f"explainers.{name}: {error}") from None
+    for name in metrics:
+        try:
+            METRICS.create(name, **plain(cfg.metrics.get(name, {})))
+        except (TypeError, ValueError) as error:
+            raise SweepConfigError(f"metrics.{name}: {error}") from None
+
+    dataset = load_dataset(cfg.data)  # decodes once into the cache; jobs then only read it
+    plan = Plan()
+    for model_name in models:
+        recipe_name = default_recipe_name(model_name)
+        if recipe_name not in cfg.profile.recipes:
+            raise SweepConfigError(
+                f"profile '{cfg.profile.name}' has no recipe '{recipe_name}' for model {model_name}; "
+                f"its recipes: {', '.join(cfg.profile.recipes)}"
+            )
+        model_args = plain((cfg.get("model_args", {}) or {}).get(model_name, {}))
+        try:
+            probe = create_model(model_name, size=cfg.profile.size, **dataset.model_config(), **model_args)
+        except (TypeError, ValueError) as error:
+            raise SweepConfigError(f"model {model_name}: {error}") from None
+        recipe = plain(cfg.profile.recipes[recipe_name])
+        train_images = min(len(dataset.train), recipe["max_train_images"] or len(dataset.train))
+        cost = multiply_accumulates(probe, dataset.input_size) * train_images * recipe["epochs"]
+        for seed in cfg.seeds:
+            spec = TrainSpec(model=model_name, data=plain(cfg.data), recipe=recipe,
+                             size=cfg.profile.size, model_args=model_args, seed=int(seed))
+            plan.cost[spec.key()] = cost
+            cells = []
+            for explainer_name in explainer_names:
+                if not explainer_objects[explainer_name].applies_to(probe):
+                    plan.skipped.append(f"{model_name}/{explainer_name}")
+                    continue
+                for metric_name in metrics:
+                    cells.append(Cell(
+                        train=spec, explainer=explainer_name, metric=metric_name,
+                        explainer_args=plain(cfg.explainers.get(explainer_name, {})),
+                        metric_args=plain(cfg.metrics.get(metric_name, {})),
+                        num_images=int(cfg.profile.eval.num_images),
+                        batch_size=int(cfg.profile.eval.batch_size),
+                        target=str(cfg.profile.eval.target),
+                    ))
+            plan.specs[spec.key()] = spec
+            plan.cells[spec.key()] = cells
+    plan.skipped = sorted(set(plan.skipped))
+    return plan
+
+
+def run_sweep(cfg: DictConfig) -> int:
+    """Run the sweep described by ``cfg``; returns the exit status (0: every cell done)."""
+    from runners.jobs import ModelJob
+    from runners.launchers import run_debug, run_local
+    from runners.leaderboard import write_leaderboard
+
+    began = time.time()
+    try:
+        plan = plan_sweep(cfg)
+    except (SweepConfigError, UnknownNameError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    store = work_dir(cfg.store)
+    cells = plan.all_cells
+    missing = {key: [c for c in plan.cells[key] if not c.path(store).exists()] for key in plan.specs}
+    untrained = [key for key, spec in plan.specs.items() if not (spec.folder(store) / "record.json").exists()]
+    todo = [key for key in plan.specs if missing[key] or key in untrained]
+    # Longest first, so that parallel slots finish together; a trained model costs only its cells.
+    todo.sort(key=lambda key: -(plan.cost[key] if key in untrained else 0.0))
+    sweep_id = time.strftime("%Y%m%d-%H%M%S") + "-" + stable_hash([c.key() for c in cells], 8)
+    sweep_dir = store / "sweeps" / sweep_id
+    print(f"sweep: {len(plan.specs)} models ({len(untrained)} to train), {len(cells)} cells "
+          f"({sum(len(m) for m in missing.values())} to compute); folder {sweep_dir}")
+    if plan.skipped:
+        print(f"not applicable, skipped: {', '.join(plan.skipped)}")
+
+    outcomes = []
+    if todo:
+        atomic_write_json(sweep_dir / "sweep.json", {
+            "config": plain(cfg), "git_commit": git_commit(),
+            "cells": {c.key(): c.path(store).name for c in cells},
+        })
+        threads = cfg.launcher.get("threads_per_job") or max(1, (os.cpu_count() or 1) // int(cfg.launcher.get("max_parallel", 1)))
+        jobs = [(plan.specs[key].model + f"/seed{plan.specs[key].seed}",
+                 ModelJob(plan.specs[key], missing[key], str(store), device=cfg.device,
+                          threads=None if cfg.launcher.name == "debug" else threads,
+                          progress=bool(cfg.progress)))
+                for key in todo]
+        if cfg.launcher.name == "debug":
+            outcomes = run_debug(jobs, progress=bool(cfg.progress))
+        else:
+            outcomes = run_local(jobs, sweep_dir / "jobs", max_parallel=int(cfg.launcher.max_parallel),
+                                 timeout_min=float(cfg.launcher.timeout_min), progress=bool(cfg.progress))
+
+    failures = []
+    for outcome in outcomes:
+        if not outcome.ok:
+            failures.append(f"job {outcome.name} failed (log: {outcome.log}):\n{outcome.error}")
+        else:
+            for key, error in outcome.value["errors"].items():
+                failures.append(f"cell {key} of {outcome.name} failed:\n{error}")
+    results = [read_json(c.path(store)) for c in cells if c.path(store).exists()]
+    if results:
+        results_dir = Path(cfg.results_dir)
+        if not results_dir.is_absolute():
+            results_dir = Path(os.getcwd()) / results_dir
+        notes = (f"Profile `{cfg.profile.name}`, seeds {list(cfg.seeds)}, {cfg.profile.eval.num_images} "
+                 f"test images per cell, explaining the {cfg.profile.eval.target} class. "
+                 f"Commit `{git_commit()}`.")
+        written = write_leaderboard(results, results_dir, notes=notes)
+        for name, path in written.items():
+            if name.endswith("leaderboard.md"):
+                print("\n" + path.read_text())
+        print("written: " + ", ".join(str(p) for p in written.values()))
+    missing_after = len(cells) - len(results)
+    print(f"{len(results)}/{len(cells)} cells done in {time.time() - began:.1f} s")
+    if failures or missing_after:
+        for failure in failures:
+            print(failure, file=sys.stderr)
+        print(f"error: {missing_after} of {len(cells)} cells failed or are missing; "
+              "rerun the same command to retry them", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main() -> None:
+    import hydra
+
+    register_configs()
+
+    @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
+    def _main(cfg: DictConfig) -> None:
+        status = run_sweep(cfg)
+        if status:
+            sys.exit(status)
+
+    _main()
+
+
+if __name__ == "__main__":
+    main()

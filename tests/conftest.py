@@ -1,0 +1,26 @@
+"""Test set-up: an isolated work directory, tiny data, and helpers shared by the tests."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+# Every test works in its own store, never in the user's ~/.cache/interpbench.
+os.environ["INTERPBENCH_HOME"] = tempfile.mkdtemp(prefix="interpbench-tests-")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+TINY_DATA = {"name": "synthetic", "num_train": 300, "num_test": 100, "image_size": 32, "seed": 0}
+TINY_RECIPE = {
+    "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.0,
+    "batch_size": 50, "epochs": 2, "schedule": "cosine", "warmup_epochs": 0, "augment": "auto",
+    "max_train_images": None,
+}
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    return tmp_path / "store"

@@ -1,0 +1,156 @@
+"""The sweep: every config composes, bad names fail cleanly, a tiny sweep runs end to end."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+
+from data import DATASETS
+from explainers import EXPLAINERS
+from metrics import METRICS
+from metrics.base import Metric
+from runners.sweep import CONFIG_DIR, register_configs, run_sweep
+from zoo import MODELS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def compose_config(overrides=()):
+    register_configs()
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def tiny(tmp_path, *overrides):
+    """A sweep small enough for a test: 300 training images, one epoch, 50 scored images."""
+    return compose_config([
+        f"store={tmp_path / 'store'}", f"results_dir={tmp_path / 'results'}", "progress=false",
+        "data.num_train=300", "data.num_test=100", "profile.eval.num_images=50",
+        "profile.recipes.fa_minimal.epochs=1", "profile.recipes.resnet_standard.epochs=1",
+        "+model_args.fa_cnn={depth:3,channels:10}", *overrides,
+    ])
+
+
+@pytest.mark.parametrize("name", DATASETS.list())
+def test_every_dataset_is_a_config_option(name):
+    cfg = compose_config([f"data={name}"])
+    assert cfg.data.name == name
+    assert {k: v for k, v in cfg.data.items() if k != "name"} == {
+        k: (list(v) if isinstance(v, tuple) else v) for k, v in DATASETS.defaults(name).items()}
+
+
+@pytest.mark.parametrize("profile", ["cpu", "paper"])
+@pytest.mark.parametrize("launcher", ["local", "debug"])
+def test_profiles_hold_a_recipe_for_every_model(profile, launcher):
+    from runners.training import check_recipe
+
+    cfg = compose_config([f"profile={profile}", f"launcher={launcher}"])
+    assert cfg.launcher.name == launcher and cfg.profile.size == profile
+    for model in MODELS.list():
+        check_recipe(dict(cfg.profile.recipes[MODELS.info(model)["recipe"]]))
+
+
+def test_every_explainer_and_metric_has_its_arguments_in_the_config():
+    cfg = compose_config(["metrics.pixel_removal.order=most_salient_first"])
+    assert sorted(cfg.explainers) == EXPLAINERS.list() and sorted(cfg.metrics) == METRICS.list()
+    assert cfg.metrics.pixel_removal.order == "most_salient_first"
+    assert cfg.explainers.random.seed == 0
+
+
+@pytest.mark.parametrize("override, message", [
+    ("zoo=fa_cnnn", "error: zoo=fa_cnnn: unknown model 'fa_cnnn'. Did you mean fa_cnn"),
+    ("explainer=[gradcm]", "error: explainer=gradcm: unknown explainer 'gradcm'. Did you mean gradcam"),
+    ("metric=pixel_remove", "error: metric=pixel_remove: unknown metric 'pixel_remove'. Did you mean pixel_removal?"),
+    ("metrics.pixel_removal.order=up", "error: metrics.pixel_removal: unknown order 'up'; valid orders:"),
+    ("profile.recipes.fa_minimal.optimizer=lbfgs", "error: profile.recipes.fa_minimal: unknown optimizer 'lbfgs'"),
+])
+def test_bad_names_fail_on_one_line_and_write_nothing(tmp_path, capsys, override, message):
+    status = run_sweep(tiny(tmp_path, override))
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.startswith(message) and err.count("\n") == 1
+    assert not (tmp_path / "store").exists() and not (tmp_path / "results").exists()
+
+
+def test_missing_cifar_offline_fails_on_one_line(tmp_path, capsys):
+    status = run_sweep(compose_config([
+        "data=cifar10", f"data.root={tmp_path / 'none'}", "data.download=false",
+        f"store={tmp_path / 'store'}", f"results_dir={tmp_path / 'results'}"]))
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and "data=synthetic" in err
+    assert not (tmp_path / "results").exists()
+
+
+def test_the_script_reports_bad_names_and_exits_non_zero(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "runners" / "sweep.py"), "zoo=nope", f"store={tmp_path}/s",
+         f"results_dir={tmp_path}/r"], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: zoo=nope: unknown model 'nope'.")
+    assert "Valid models: fa_cnn, fa_cnn_linear, resnet18, resnet50, vanilla_cnn" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_tiny_sweep_end_to_end_then_rerun_reuses_everything(tmp_path, capsys):
+    cfg = tiny(tmp_path, "zoo=[fa_cnn,resnet18]", "launcher=debug")
+    assert run_sweep(cfg) == 0
+    board = pd.read_csv(tmp_path / "results" / "synthetic" / "leaderboard.csv")
+    assert list(zip(board.model, board.explainer)) == [
+        ("fa_cnn", "gradcam"), ("fa_cnn", "native"), ("fa_cnn", "random"),
+        ("resnet18", "gradcam"), ("resnet18", "random")]
+    cells = {(r["model"], r["explainer"]): r for r in
+             (json.loads(p.read_text()) for p in (tmp_path / "store" / "cells").glob("*.json"))}
+    assert len(cells) == 5
+    for row in board.itertuples():
+        cell = cells[(row.model, row.explainer)]
+        assert row.pixel_removal == pytest.approx(cell["score"], abs=1e-12)
+        assert row.accuracy == pytest.approx(cell["test_accuracy"])
+        assert cell["score"] == pytest.approx(sum(cell["per_image"]) / 50, abs=1e-5)
+        assert cell["curve_x"][0] == 0.0 and cell["curve_x"][-1] == 1.0 and len(cell["curve"]) == 11
+    # Theorem 1 at work: Grad-CAM ranks pixels exactly as FA-CNN's own maps do.
+    assert cells[("fa_cnn", "native")]["per_image"] == cells[("fa_cnn", "gradcam")]["per_image"]
+    markdown = (tmp_path / "results" / "synthetic" / "leaderboard.md").read_text()
+    assert "pixel_removal ↑" in markdown and "**" in markdown
+
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "store").rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert run_sweep(cfg) == 0
+    out = capsys.readouterr().out
+    assert "0 to train" in out and "0 to compute" in out
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing recomputed or rewritten
+    assert pd.read_csv(tmp_path / "results" / "synthetic" / "leaderboard.csv").equals(board)
+
+
+@pytest.mark.slow
+def test_local_launcher_runs_each_job_in_its_own_process(tmp_path, capsys):
+    cfg = tiny(tmp_path, "zoo=fa_cnn", "explainer=[native,random]", "launcher=local")
+    assert run_sweep(cfg) == 0
+    assert len(list((tmp_path / "store" / "cells").glob("*.json"))) == 2
+    logs = list((tmp_path / "store" / "sweeps").rglob("*_log.err"))
+    assert logs, "submitit wrote no job logs"
+
+
+@pytest.mark.slow
+def test_a_failing_cell_leaves_the_others_done_and_the_exit_status_says_so(tmp_path, capsys, monkeypatch):
+    class AlwaysFails(Metric):
+        name = "always_fails"
+        higher_is_better = True
+
+        def __call__(self, model, x, y, saliency):
+            raise RuntimeError("boom: this metric always fails")
+
+    monkeypatch.setitem(METRICS._builders, "always_fails", AlwaysFails)
+    monkeypatch.setitem(METRICS._info, "always_fails", {})
+    cfg = tiny(tmp_path, "zoo=fa_cnn", "explainer=random", "metric=[pixel_removal,always_fails]",
+               "launcher=debug", "+metrics.always_fails={}")
+    assert run_sweep(cfg) == 1
+    captured = capsys.readouterr()
+    assert "boom: this metric always fails" in captured.err
+    assert "1 of 2 cells failed or are missing" in captured.err
+    board = pd.read_csv(tmp_path / "results" / "synthetic" / "leaderboard.csv")
+    assert board.columns.tolist() == ["model", "explainer", "accuracy", "pixel_removal"]

@@ -1,0 +1,101 @@
+"""Training: the checkpoint cache, resuming after an interruption, recipe checks, augmentation."""
+import pytest
+import torch
+
+from conftest import TINY_DATA, TINY_RECIPE
+from runners.training import (
+    TrainSpec, check_recipe, learning_rate, load_trained, multiply_accumulates, random_crop_flip,
+    train_model,
+)
+from zoo import create_model
+
+
+def spec(**changes):
+    return TrainSpec(model=changes.pop("model", "fa_cnn"), data=TINY_DATA, recipe=dict(TINY_RECIPE, **changes),
+                     model_args={"depth": 3, "channels": 10})
+
+
+def test_training_is_cached_by_everything_that_determines_the_weights(store):
+    first = spec()
+    record = train_model(first, store, progress=False)
+    assert record["finished"] and 0.0 <= record["test_accuracy"] <= 1.0
+    assert record["train_images"] == 300 and len(record["history"]) == 2
+    stamp = (first.folder(store) / "model.pt").stat().st_mtime_ns
+    assert train_model(first, store, progress=False) == record  # a cache hit trains nothing
+    assert (first.folder(store) / "model.pt").stat().st_mtime_ns == stamp
+    assert spec(lr=0.05).key() != first.key() and spec().key() == first.key()
+    assert TrainSpec("fa_cnn", dict(TINY_DATA, download=False), TINY_RECIPE, model_args={"depth": 3, "channels": 10}).key() \
+        == first.key()  # where the data comes from is not part of the key
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(store, tmp_path):
+    interrupted = spec(epochs=3)
+    partial = train_model(interrupted, store, progress=False, stop_after_epochs=1)
+    assert partial == {"finished": False, "epoch": 1, "folder": str(interrupted.folder(store))}
+    assert (interrupted.folder(store) / "last.pt").exists()
+    resumed = train_model(interrupted, store, progress=False)
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
+    straight = train_model(interrupted, tmp_path / "other", progress=False)
+    a = torch.load(interrupted.folder(store) / "model.pt", weights_only=False)["model"]
+    b = torch.load(interrupted.folder(tmp_path / "other") / "model.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["history"] == straight["history"]
+    assert not (interrupted.folder(store) / "last.pt").exists()
+
+
+def test_load_trained_returns_the_recorded_model(store):
+    from data import load_dataset
+
+    trained = spec()
+    dataset = load_dataset(TINY_DATA)
+    model, record = load_trained(trained, store, dataset, device="cpu")
+    assert not model.training
+    from runners.training import evaluate_accuracy
+
+    assert evaluate_accuracy(model, dataset.test, torch.device("cpu")) == record["test_accuracy"]
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"optimizer": "lbfgs"}, "unknown optimizer 'lbfgs'; valid optimizers: sgd, adamw"),
+    ({"schedule": "step"}, "unknown schedule 'step'; valid schedules: constant, cosine"),
+    ({"augment": "mixup"}, "unknown augment 'mixup'; valid augments: auto, none, crop_flip"),
+])
+def test_bad_recipes_are_one_line_errors(changes, message):
+    with pytest.raises(ValueError) as error:
+        check_recipe(dict(TINY_RECIPE, **changes))
+    assert str(error.value) == message
+
+
+def test_recipe_with_a_typo_names_the_valid_keys():
+    recipe = dict(TINY_RECIPE)
+    recipe["learning_rate"] = recipe.pop("lr")
+    with pytest.raises(ValueError, match=r"missing keys \['lr'\] and unknown keys \['learning_rate'\]"):
+        check_recipe(recipe)
+
+
+def test_learning_rate_schedules():
+    recipe = dict(TINY_RECIPE, lr=1.0, warmup_epochs=1, schedule="cosine")
+    assert learning_rate(recipe, 0, 100, 10) == pytest.approx(0.1)
+    assert learning_rate(recipe, 9, 100, 10) == pytest.approx(1.0)
+    assert learning_rate(recipe, 10, 100, 10) == pytest.approx(1.0)
+    assert learning_rate(recipe, 55, 100, 10) == pytest.approx(0.5)
+    assert learning_rate(dict(recipe, schedule="constant", warmup_epochs=0), 99, 100, 10) == 1.0
+
+
+def test_random_crop_flip_moves_pixels_without_changing_them():
+    x = torch.arange(2 * 3 * 6 * 6, dtype=torch.float32).view(2, 3, 6, 6)
+    out = random_crop_flip(x, torch.Generator().manual_seed(0), pad=2)
+    assert out.shape == x.shape
+    values = set(x.flatten().tolist()) | {0.0}
+    assert set(out.flatten().tolist()) <= values  # crops of the zero-padded image, maybe flipped
+    same = random_crop_flip(x, torch.Generator().manual_seed(0), pad=2)
+    assert torch.equal(out, same)
+    assert torch.equal(random_crop_flip(x, torch.Generator().manual_seed(0), pad=0)[0, 0].sort(-1).values,
+                       x[0, 0].sort(-1).values)
+
+
+def test_multiply_accumulates_counts_convolutions():
+    model = create_model("fa_cnn", num_classes=10, depth=3, channels=10)
+    # stem 3->10 at 32x32, then 10->10 convs at 32, 16 and 8 pixels; the pooling head has none.
+    expected = 27 * 10 * 32 * 32 + 90 * 10 * (32 * 32 + 16 * 16 + 8 * 8)
+    assert multiply_accumulates(model, (3, 32, 32)) == expected

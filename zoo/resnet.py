@@ -1,0 +1,81 @@
+"""ResNet-18 and ResNet-50 baselines, built with timm and explained post hoc.
+
+For inputs of at most 64 pixels the stem is the CIFAR one (a 3x3 convolution with stride 1 and
+no max-pool); larger inputs keep timm's ImageNet stem. The CPU profile keeps the architecture
+(BasicBlock [2, 2, 2, 2] for ResNet-18, Bottleneck [3, 4, 6, 3] for ResNet-50) with a quarter of
+the widths (16, 32, 64, 128); the paper profile has the usual (64, 128, 256, 512).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from zoo import MODELS
+from zoo.base import ZooModel
+
+WIDTHS = {"cpu": (16, 32, 64, 128), "paper": (64, 128, 256, 512)}
+CIFAR_STEM_MAX_SIZE = 64
+
+
+class TimmResNet(ZooModel):
+    """A timm ResNet behind the zoo interface; ``cam_layer`` is the last stage (``layer4``)."""
+
+    channels_last = True  # about 1.2x faster training on a CPU (ResNet-50, 1 thread)
+
+    def __init__(
+        self,
+        arch: str,
+        num_classes: int,
+        input_size: Sequence[int] = (3, 32, 32),
+        mean: Sequence[float] = (0.5, 0.5, 0.5),
+        std: Sequence[float] = (0.25, 0.25, 0.25),
+        size: str = "cpu",
+    ) -> None:
+        super().__init__(num_classes, input_size, mean, std)
+        if size not in WIDTHS:
+            raise ValueError(f"unknown size '{size}'; valid sizes: {', '.join(WIDTHS)}")
+        import timm
+
+        widths = WIDTHS[size]
+        small_input = max(input_size[1:]) <= CIFAR_STEM_MAX_SIZE
+        stem = {}
+        if small_input or widths[0] != 64:
+            # timm's plain stem is always 64 wide; its deep stem ends at 2 * stem_width, which
+            # lets the stem match the first stage's width. A small input then swaps that stem
+            # for the CIFAR one.
+            stem = {"stem_type": "deep", "stem_width": widths[0] // 2}
+        self.net = timm.create_model(
+            arch, pretrained=False, num_classes=num_classes, in_chans=input_size[0],
+            channels=widths, **stem,
+        )
+        if small_input:
+            self.net.conv1 = nn.Conv2d(input_size[0], widths[0], 3, stride=1, padding=1, bias=False)
+            nn.init.kaiming_normal_(self.net.conv1.weight, mode="fan_out", nonlinearity="relu")
+            self.net.maxpool = nn.Identity()
+        self.config.update(arch=arch, widths=widths)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_features(x)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_head(features)
+
+    @property
+    def cam_layer(self) -> nn.Module:
+        return self.net.layer4
+
+
+@MODELS.register("resnet18", family="resnet", recipe="resnet_standard")
+def resnet18(num_classes: int = 10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.25,) * 3,
+             size: str = "cpu") -> TimmResNet:
+    """ResNet-18 (BasicBlock [2, 2, 2, 2])."""
+    return TimmResNet("resnet18", num_classes, input_size, mean, std, size)
+
+
+@MODELS.register("resnet50", family="resnet", recipe="resnet_standard")
+def resnet50(num_classes: int = 10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.25,) * 3,
+             size: str = "cpu") -> TimmResNet:
+    """ResNet-50 (Bottleneck [3, 4, 6, 3])."""
+    return TimmResNet("resnet50", num_classes, input_size, mean, std, size)
