@@ -19,7 +19,7 @@ from data import load_dataset
 from data.base import Dataset, to_float
 from explainers import EXPLAINERS
 from metrics import METRICS
-from runners.training import TrainSpec, load_trained, resolve_device
+from runners.train import TrainSpec, load_trained, resolve_device
 from zoo.base import ZooModel
 
 TARGETS = ("predicted", "label")
@@ -35,13 +35,14 @@ class Cell:
     num_images: int = 500
     batch_size: int = 250
     target: str = "predicted"  # which class the explainer explains
+    eval_seed: int = 0  # picks the scored test images
 
     def identity(self) -> Dict[str, Any]:
         return {
             "train": self.train.identity(), "explainer": self.explainer,
             "explainer_args": plain(self.explainer_args), "metric": self.metric,
             "metric_args": plain(self.metric_args), "num_images": self.num_images,
-            "target": self.target,
+            "target": self.target, "eval_seed": self.eval_seed,
         }
 
     def key(self) -> str:
@@ -53,17 +54,27 @@ class Cell:
     def saliency_path(self, store: Path) -> Path:
         saliency_key = stable_hash({"train": self.train.identity(), "explainer": self.explainer,
                                     "explainer_args": plain(self.explainer_args),
-                                    "num_images": self.num_images, "target": self.target})
+                                    "num_images": self.num_images, "target": self.target,
+                                    "eval_seed": self.eval_seed})
         return Path(store) / "saliency" / f"{self.train.model}__{self.explainer}-{saliency_key}.pt"
 
 
-def evaluation_images(dataset: Dataset, num_images: int) -> Dict[str, torch.Tensor]:
-    """The first ``num_images`` test images (float, ``[0, 1]``), labels and masks, if any."""
-    split = dataset.test
-    n = min(num_images, len(split))
-    out = {"x": to_float(split.images[:n]), "y": split.labels[:n]}
+def evaluation_indices(num_test: int, num_images: int, seed: int = 0) -> torch.Tensor:
+    """Which test images a cell scores: ``num_images`` of a seeded permutation, in index order.
+
+    Test sets stored class by class (an ImageFolder's sorted folders) would otherwise give a
+    prefix of one class only.
+    """
+    order = torch.randperm(num_test, generator=torch.Generator().manual_seed(seed))
+    return order[: min(num_images, num_test)].sort().values
+
+
+def evaluation_images(dataset: Dataset, num_images: int, seed: int = 0) -> Dict[str, torch.Tensor]:
+    """The scored test images (float, ``[0, 1]``), their labels and masks, if any."""
+    split = dataset.test.subset(evaluation_indices(len(dataset.test), num_images, seed))
+    out = {"x": to_float(split.images), "y": split.labels}
     if split.masks is not None:
-        out["masks"] = split.masks[:n]
+        out["masks"] = split.masks
     return out
 
 
@@ -102,7 +113,7 @@ def run_cell(cell: Cell, store: Path, device: str = "auto", progress: bool = Fal
     if model is None or record is None:
         model, record = load_trained(cell.train, store, dataset, device=device)
     metric = METRICS.create(cell.metric, **plain(cell.metric_args))
-    images = evaluation_images(dataset, cell.num_images)
+    images = evaluation_images(dataset, cell.num_images, cell.eval_seed)
     saliency = compute_saliency(cell, model, images, store, progress=progress)
 
     torch_device = resolve_device(device)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 from runners.evaluate import Cell, run_cell
-from runners.training import TrainSpec, load_trained, train_model
+from runners.train import TrainSpec, load_trained, train_model
 
 
 @dataclass

@@ -92,7 +92,7 @@ def plan_sweep(cfg: DictConfig) -> Plan:
     from data import load_dataset
     from runners.evaluate import Cell, TARGETS
     from runners.launchers import LAUNCHERS
-    from runners.training import TrainSpec, check_recipe, default_recipe_name, multiply_accumulates
+    from runners.train import TrainSpec, check_recipe, default_recipe_name, multiply_accumulates
     from zoo import create_model
 
     models = resolve_names(cfg.zoo, MODELS, "zoo")
@@ -158,6 +158,7 @@ def plan_sweep(cfg: DictConfig) -> Plan:
                         num_images=int(cfg.profile.eval.num_images),
                         batch_size=int(cfg.profile.eval.batch_size),
                         target=str(cfg.profile.eval.target),
+                        eval_seed=int(cfg.profile.eval.seed),
                     ))
             plan.specs[spec.key()] = spec
             plan.cells[spec.key()] = cells
@@ -223,7 +224,8 @@ def run_sweep(cfg: DictConfig) -> int:
         if not results_dir.is_absolute():
             results_dir = Path(os.getcwd()) / results_dir
         notes = (f"Profile `{cfg.profile.name}`, seeds {list(cfg.seeds)}, {cfg.profile.eval.num_images} "
-                 f"test images per cell, explaining the {cfg.profile.eval.target} class. "
+                 f"test images per cell (seeded sample), explaining the {cfg.profile.eval.target} class; "
+                 "accuracy is top-1 on the whole test set. "
                  f"Commit `{git_commit()}`.")
         written = write_leaderboard(results, results_dir, notes=notes)
         for name, path in written.items():
@@ -241,9 +243,30 @@ def run_sweep(cfg: DictConfig) -> int:
     return 0
 
 
+def group_options() -> Dict[str, List[str]]:
+    """The options of each config group: datasets from the registry, the rest from YAML files."""
+    options = {"data": DATASETS.list()}
+    for group in ("profile", "launcher"):
+        options[group] = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+    return options
+
+
+def check_group_overrides(arguments: Sequence[str]) -> None:
+    """Reject ``data=``, ``profile=`` or ``launcher=`` with an unknown option in one line (exit 2)."""
+    options = group_options()
+    for argument in arguments:
+        key, separator, value = argument.partition("=")
+        group = key.lstrip("+~")
+        if separator and group in options and value not in options[group]:
+            print(f"error: {group}={value}: unknown {group}; valid choices: {', '.join(options[group])}",
+                  file=sys.stderr)
+            sys.exit(2)
+
+
 def main() -> None:
     import hydra
 
+    check_group_overrides(sys.argv[1:])
     register_configs()
 
     @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
@@ -256,4 +279,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from runners.sweep import main as package_main  # one copy of the module, also as a script
+
+    package_main()

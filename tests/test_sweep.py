@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from data import DATASETS
@@ -45,7 +46,7 @@ def test_every_dataset_is_a_config_option(name):
 @pytest.mark.parametrize("profile", ["cpu", "paper"])
 @pytest.mark.parametrize("launcher", ["local", "debug"])
 def test_profiles_hold_a_recipe_for_every_model(profile, launcher):
-    from runners.training import check_recipe
+    from runners.train import check_recipe
 
     cfg = compose_config([f"profile={profile}", f"launcher={launcher}"])
     assert cfg.launcher.name == launcher and cfg.profile.size == profile
@@ -93,6 +94,30 @@ def test_the_script_reports_bad_names_and_exits_non_zero(tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("error: zoo=nope: unknown model 'nope'.")
     assert "Valid models: fa_cnn, fa_cnn_linear, resnet18, resnet50, vanilla_cnn" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argument, message", [
+    ("data=cifar11", "error: data=cifar11: unknown data; valid choices: cifar10, cifar100, imagefolder, synthetic"),
+    ("launcher=slurmm", "error: launcher=slurmm: unknown launcher; valid choices: debug, local"),
+    ("profile=gpu", "error: profile=gpu: unknown profile; valid choices: cpu, paper"),
+])
+def test_the_script_rejects_unknown_group_options_on_one_line(tmp_path, argument, message):
+    result = subprocess.run([sys.executable, str(ROOT / "runners" / "sweep.py"), argument],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 2 and result.stderr == message + "\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_scored_images_are_a_seeded_sample_across_classes():
+    from runners.evaluate import evaluation_indices
+
+    indices = evaluation_indices(1000, 50, seed=0)
+    assert torch.equal(indices, evaluation_indices(1000, 50, seed=0))
+    assert not torch.equal(indices, evaluation_indices(1000, 50, seed=1))
+    assert len(set(indices.tolist())) == 50 and torch.equal(indices, indices.sort().values)
+    class_sorted_labels = torch.arange(1000) // 100  # an ImageFolder test set: class by class
+    assert len(set(class_sorted_labels[indices].tolist())) >= 8
+    assert evaluation_indices(30, 50).tolist() == list(range(30))
 
 
 @pytest.mark.slow

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import TINY_DATA, TINY_RECIPE
-from runners.training import (
+from runners.train import (
     TrainSpec, check_recipe, learning_rate, load_trained, multiply_accumulates, random_crop_flip,
     train_model,
 )
@@ -50,7 +50,7 @@ def test_load_trained_returns_the_recorded_model(store):
     dataset = load_dataset(TINY_DATA)
     model, record = load_trained(trained, store, dataset, device="cpu")
     assert not model.training
-    from runners.training import evaluate_accuracy
+    from runners.train import evaluate_accuracy
 
     assert evaluate_accuracy(model, dataset.test, torch.device("cpu")) == record["test_accuracy"]
 
@@ -92,6 +92,23 @@ def test_random_crop_flip_moves_pixels_without_changing_them():
     assert torch.equal(out, same)
     assert torch.equal(random_crop_flip(x, torch.Generator().manual_seed(0), pad=0)[0, 0].sort(-1).values,
                        x[0, 0].sort(-1).values)
+
+
+def test_the_train_script_trains_and_reports(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "runners" / "train.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "zoo=fa_cnn", f"store={tmp_path}", "data.num_train=100",
+         "data.num_test=50", "profile.recipes.fa_minimal.epochs=1", "+model_args.fa_cnn={depth:3,channels:10}",
+         "progress=false"], capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    line = result.stdout.strip().splitlines()[-1]
+    assert line.startswith("fa_cnn (seed 0): test accuracy ") and str(tmp_path / "models" / "fa_cnn-") in line
+    assert len(list((tmp_path / "models").glob("fa_cnn-*/record.json"))) == 1
 
 
 def test_multiply_accumulates_counts_convolutions():

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
+
+if __package__ in (None, ""):  # run as a script: make the project importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 import torch.nn.functional as F
@@ -262,5 +266,40 @@ def default_recipe_name(model: str) -> str:
     return MODELS.info(model).get("recipe", "resnet_standard")
 
 
-def spec_dict(spec: TrainSpec) -> Dict[str, Any]:
-    return asdict(spec)
+def main() -> None:
+    """``python runners/train.py zoo=fa_cnn [data=... profile=... seeds=[0,1]]``: train only.
+
+    Takes the sweep's config; trains (or finds in the cache) every model the sweep would use
+    and prints each one's test accuracy and checkpoint folder.
+    """
+    import hydra
+
+    from bench.registry import UnknownNameError
+    from bench.storage import work_dir
+    from runners.sweep import CONFIG_DIR, SweepConfigError, check_group_overrides, plan_sweep, register_configs
+
+    check_group_overrides(sys.argv[1:])
+    register_configs()
+
+    @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
+    def _main(cfg) -> None:
+        try:
+            plan = plan_sweep(cfg)
+        except (SweepConfigError, UnknownNameError, FileNotFoundError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+        from runners.train import train_model  # the package's, also when this file runs as a script
+
+        store = work_dir(cfg.store)
+        for spec in plan.specs.values():
+            record = train_model(spec, store, device=cfg.device, progress=bool(cfg.progress))
+            print(f"{spec.model} (seed {spec.seed}): test accuracy {record['test_accuracy']:.4f}, "
+                  f"{record['train_seconds']} s training, {spec.folder(store)}")
+
+    _main()
+
+
+if __name__ == "__main__":
+    from runners.train import main as package_main
+
+    package_main()
