@@ -73,7 +73,9 @@ def to_markdown(table: pd.DataFrame, higher_is_better: Dict[str, bool], title: s
 
 
 def write_leaderboard(results: List[Dict[str, Any]], results_dir: Path, notes: str = "") -> Dict[str, Path]:
-    """Write ``leaderboard.csv``, ``leaderboard.md`` and ``cells.csv`` per dataset under ``results_dir``."""
+    """Write ``leaderboard.csv``, ``leaderboard.md``, ``cells.csv`` and curve figures per dataset."""
+    from runners.figures import write_curve_figures
+
     tidy = tidy_table(results)
     written: Dict[str, Path] = {}
     for data_name, part in tidy.groupby("data"):
@@ -85,4 +87,6 @@ def write_leaderboard(results: List[Dict[str, Any]], results_dir: Path, notes: s
         written[f"{data_name}/leaderboard.csv"] = atomic_write_text(folder / "leaderboard.csv", table.to_csv(index=False))
         written[f"{data_name}/leaderboard.md"] = atomic_write_text(folder / "leaderboard.md", markdown)
         written[f"{data_name}/cells.csv"] = atomic_write_text(folder / "cells.csv", part.to_csv(index=False))
+        figures = write_curve_figures([r for r in results if r.get("data") == data_name], folder)
+        written.update({f"{data_name}/{path.name}": path for path in figures.values()})
     return written

@@ -212,12 +212,13 @@ def run_sweep(cfg: DictConfig) -> int:
                                  timeout_min=float(cfg.launcher.timeout_min), progress=bool(cfg.progress))
 
     failures = []
+    cell_names = {c.key(): f"{c.train.model}/{c.explainer}/{c.metric} ({c.path(store).name})" for c in cells}
     for outcome in outcomes:
         if not outcome.ok:
             failures.append(f"job {outcome.name} failed (log: {outcome.log}):\n{outcome.error}")
         else:
             for key, error in outcome.value["errors"].items():
-                failures.append(f"cell {key} of {outcome.name} failed:\n{error}")
+                failures.append(f"cell {cell_names.get(key, key)} failed:\n{error}")
     results = [read_json(c.path(store)) for c in cells if c.path(store).exists()]
     if results:
         results_dir = Path(cfg.results_dir)

@@ -141,6 +141,11 @@ def test_tiny_sweep_end_to_end_then_rerun_reuses_everything(tmp_path, capsys):
     assert cells[("fa_cnn", "native")]["per_image"] == cells[("fa_cnn", "gradcam")]["per_image"]
     markdown = (tmp_path / "results" / "synthetic" / "leaderboard.md").read_text()
     assert "pixel_removal ↑" in markdown and "**" in markdown
+    from PIL import Image
+
+    with Image.open(tmp_path / "results" / "synthetic" / "pixel_removal_curves.png") as figure:
+        assert figure.size[0] > 500 and figure.size[1] > 300
+        assert len(figure.convert("RGB").getcolors(maxcolors=100_000)) > 50  # lines drawn, not blank
 
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "store").rglob("*") if p.is_file()}
     capsys.readouterr()
@@ -176,6 +181,7 @@ def test_a_failing_cell_leaves_the_others_done_and_the_exit_status_says_so(tmp_p
     assert run_sweep(cfg) == 1
     captured = capsys.readouterr()
     assert "boom: this metric always fails" in captured.err
+    assert "cell fa_cnn/random/always_fails (fa_cnn__random__always_fails-" in captured.err
     assert "1 of 2 cells failed or are missing" in captured.err
     board = pd.read_csv(tmp_path / "results" / "synthetic" / "leaderboard.csv")
     assert board.columns.tolist() == ["model", "explainer", "accuracy", "pixel_removal"]
