@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 from runners.evaluate import Cell, run_cell
+from runners.launchers import last_lines
 from runners.train import TrainSpec, load_trained, train_model
 
 
@@ -31,18 +32,20 @@ class ModelJob:
 
         if self.threads:
             torch.set_num_threads(self.threads)
-        record = train_model(self.spec, self.store, device=self.device, progress=self.progress)
         errors: Dict[str, str] = {}
         pending = [cell for cell in self.cells if not cell.path(self.store).exists()]
-        if pending:
+        if not pending:
+            record = train_model(self.spec, self.store, device=self.device, progress=self.progress)
+        else:
             dataset = load_dataset(self.spec.data)
-            model, record = load_trained(self.spec, self.store, dataset, device=self.device)
+            model, record = load_trained(self.spec, self.store, dataset, device=self.device,
+                                         progress=self.progress)
             for cell in pending:
                 try:
                     run_cell(cell, self.store, device=self.device, progress=self.progress,
                              model=model, record=record, dataset=dataset)
                 except Exception:  # reported per cell; the job goes on
-                    errors[cell.key()] = "\n".join(traceback.format_exc().strip().splitlines()[-6:])
+                    errors[cell.key()] = last_lines(traceback.format_exc())
         return {"model": self.spec.model, "test_accuracy": record["test_accuracy"],
                 "train_seconds": record.get("train_seconds"), "errors": errors}
 

@@ -52,7 +52,7 @@ def register_configs() -> None:
     })
 
 
-def resolve_names(value: Any, registry: Registry, option: str, extra: Sequence[str] = ()) -> List[str]:
+def resolve_names(value: Any, registry: Registry, option: str) -> List[str]:
     """``all``, a name, a comma-separated string or a list -> registered names (checked)."""
     if isinstance(value, (list, tuple, ListConfig)):
         names = [str(v) for v in value]
@@ -62,9 +62,6 @@ def resolve_names(value: Any, registry: Registry, option: str, extra: Sequence[s
         return registry.list()
     resolved: List[str] = []
     for name in names:
-        if name in extra:
-            resolved.append(name)
-            continue
         try:
             registry.check(name)
         except UnknownNameError as error:

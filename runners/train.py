@@ -253,9 +253,10 @@ def train_model(
     return record
 
 
-def load_trained(spec: TrainSpec, store: Path, dataset: Dataset, device: str = "auto") -> Tuple[ZooModel, Dict[str, Any]]:
+def load_trained(spec: TrainSpec, store: Path, dataset: Dataset, device: str = "auto",
+                 progress: bool = False) -> Tuple[ZooModel, Dict[str, Any]]:
     """The trained model of ``spec`` (in eval mode) and its record; trains it first if needed."""
-    record = train_model(spec, store, device=device)
+    record = train_model(spec, store, device=device, progress=progress)
     model = build_model(spec, dataset)
     state = torch.load(spec.folder(store) / "model.pt", map_location="cpu", weights_only=False)
     model.load_state_dict(state["model"])
