@@ -52,10 +52,9 @@ class Cell:
         return Path(store) / "cells" / f"{self.train.model}__{self.explainer}__{self.metric}-{self.key()}.json"
 
     def saliency_path(self, store: Path) -> Path:
-        saliency_key = stable_hash({"train": self.train.identity(), "explainer": self.explainer,
-                                    "explainer_args": plain(self.explainer_args),
-                                    "num_images": self.num_images, "target": self.target,
-                                    "eval_seed": self.eval_seed})
+        # Everything that fixes the maps: the cell's identity less its metric.
+        saliency_key = stable_hash({k: v for k, v in self.identity().items()
+                                    if k not in ("metric", "metric_args")})
         return Path(store) / "saliency" / f"{self.train.model}__{self.explainer}-{saliency_key}.pt"
 
 

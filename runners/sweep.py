@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Sequence
 
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -163,6 +163,15 @@ def plan_sweep(cfg: DictConfig) -> Plan:
     return plan
 
 
+def plan_or_report(cfg: DictConfig) -> "Plan | None":
+    """``plan_sweep(cfg)``, or ``None`` after printing a bad config's one-line error to stderr."""
+    try:
+        return plan_sweep(cfg)
+    except (SweepConfigError, UnknownNameError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return None
+
+
 def run_sweep(cfg: DictConfig) -> int:
     """Run the sweep described by ``cfg``; returns the exit status (0: every cell done)."""
     from runners.jobs import ModelJob
@@ -170,10 +179,8 @@ def run_sweep(cfg: DictConfig) -> int:
     from runners.leaderboard import write_leaderboard
 
     began = time.time()
-    try:
-        plan = plan_sweep(cfg)
-    except (SweepConfigError, UnknownNameError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    plan = plan_or_report(cfg)
+    if plan is None:
         return 2
 
     store = work_dir(cfg.store)
@@ -261,7 +268,8 @@ def check_group_overrides(arguments: Sequence[str]) -> None:
             sys.exit(2)
 
 
-def main() -> None:
+def hydra_entry(task: Callable[[DictConfig], int]) -> None:
+    """Run ``task`` on the config hydra composes from the command line; exit with its status."""
     import hydra
 
     check_group_overrides(sys.argv[1:])
@@ -269,11 +277,15 @@ def main() -> None:
 
     @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
     def _main(cfg: DictConfig) -> None:
-        status = run_sweep(cfg)
+        status = task(cfg)
         if status:
             sys.exit(status)
 
     _main()
+
+
+def main() -> None:
+    hydra_entry(run_sweep)
 
 
 if __name__ == "__main__":

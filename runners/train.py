@@ -267,37 +267,30 @@ def default_recipe_name(model: str) -> str:
     return MODELS.info(model).get("recipe", "resnet_standard")
 
 
+def train_only(cfg: Any) -> int:
+    """Train (or find in the cache) every model the sweep ``cfg`` would use; print each one."""
+    from bench.storage import work_dir
+    from runners.sweep import plan_or_report
+
+    plan = plan_or_report(cfg)
+    if plan is None:
+        return 2
+    store = work_dir(cfg.store)
+    for spec in plan.specs.values():
+        record = train_model(spec, store, device=cfg.device, progress=bool(cfg.progress))
+        print(f"{spec.model} (seed {spec.seed}): test accuracy {record['test_accuracy']:.4f}, "
+              f"{record['train_seconds']} s training, {spec.folder(store)}")
+    return 0
+
+
 def main() -> None:
     """``python runners/train.py zoo=fa_cnn [data=... profile=... seeds=[0,1]]``: train only.
 
-    Takes the sweep's config; trains (or finds in the cache) every model the sweep would use
-    and prints each one's test accuracy and checkpoint folder.
+    Takes the sweep's config and arguments.
     """
-    import hydra
+    from runners.sweep import hydra_entry
 
-    from bench.registry import UnknownNameError
-    from bench.storage import work_dir
-    from runners.sweep import CONFIG_DIR, SweepConfigError, check_group_overrides, plan_sweep, register_configs
-
-    check_group_overrides(sys.argv[1:])
-    register_configs()
-
-    @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
-    def _main(cfg) -> None:
-        try:
-            plan = plan_sweep(cfg)
-        except (SweepConfigError, UnknownNameError, FileNotFoundError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            sys.exit(2)
-        from runners.train import train_model  # the package's, also when this file runs as a script
-
-        store = work_dir(cfg.store)
-        for spec in plan.specs.values():
-            record = train_model(spec, store, device=cfg.device, progress=bool(cfg.progress))
-            print(f"{spec.model} (seed {spec.seed}): test accuracy {record['test_accuracy']:.4f}, "
-                  f"{record['train_seconds']} s training, {spec.folder(store)}")
-
-    _main()
+    hydra_entry(train_only)
 
 
 if __name__ == "__main__":
