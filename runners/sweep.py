@@ -122,25 +122,35 @@ def plan_sweep(cfg: DictConfig) -> Plan:
             raise SweepConfigError(f"metrics.{name}: {error}") from None
 
     dataset = load_dataset(cfg.data)  # decodes once into the cache; jobs then only read it
-    plan = Plan()
-    for model_name in models:
+
+    def recipe_and_args(model_name: str):
         recipe_name = default_recipe_name(model_name)
         if recipe_name not in cfg.profile.recipes:
             raise SweepConfigError(
                 f"profile '{cfg.profile.name}' has no recipe '{recipe_name}' for model {model_name}; "
                 f"its recipes: {', '.join(cfg.profile.recipes)}"
             )
-        model_args = plain((cfg.get("model_args", {}) or {}).get(model_name, {}))
+        return plain(cfg.profile.recipes[recipe_name]), plain((cfg.get("model_args", {}) or {}).get(model_name, {}))
+
+    def make_spec(model_name: str, seed: int) -> TrainSpec:
+        """The training spec of ``model_name``, with its parent's spec for a derived model."""
+        recipe, model_args = recipe_and_args(model_name)
+        parent_name = MODELS.info(model_name).get("parent")
+        parent = make_spec(parent_name, seed) if parent_name else None
+        return TrainSpec(model=model_name, data=plain(cfg.data), recipe=recipe, size=cfg.profile.size,
+                         model_args=model_args, seed=seed, parent=parent)
+
+    plan = Plan()
+    for model_name in models:
+        recipe, model_args = recipe_and_args(model_name)
         try:
             probe = create_model(model_name, size=cfg.profile.size, **dataset.model_config(), **model_args)
         except (TypeError, ValueError) as error:
             raise SweepConfigError(f"model {model_name}: {error}") from None
-        recipe = plain(cfg.profile.recipes[recipe_name])
         train_images = min(len(dataset.train), recipe["max_train_images"] or len(dataset.train))
         cost = multiply_accumulates(probe, dataset.input_size) * train_images * recipe["epochs"]
         for seed in cfg.seeds:
-            spec = TrainSpec(model=model_name, data=plain(cfg.data), recipe=recipe,
-                             size=cfg.profile.size, model_args=model_args, seed=int(seed))
+            spec = make_spec(model_name, int(seed))
             plan.cost[spec.key()] = cost
             cells = []
             for explainer_name in explainer_names:
@@ -188,8 +198,9 @@ def run_sweep(cfg: DictConfig) -> int:
     missing = {key: [c for c in plan.cells[key] if not c.path(store).exists()] for key in plan.specs}
     untrained = [key for key, spec in plan.specs.items() if not (spec.folder(store) / "record.json").exists()]
     todo = [key for key in plan.specs if missing[key] or key in untrained]
-    # Longest first, so that parallel slots finish together; a trained model costs only its cells.
-    todo.sort(key=lambda key: -(plan.cost[key] if key in untrained else 0.0))
+    # Models trained from scratch before the ones derived from them (a derived job waits for its
+    # parent's checkpoint); within a level longest first, so that parallel slots finish together.
+    todo.sort(key=lambda key: (plan.specs[key].depth, -(plan.cost[key] if key in untrained else 0.0)))
     sweep_id = time.strftime("%Y%m%d-%H%M%S") + "-" + stable_hash([c.key() for c in cells], 8)
     sweep_dir = store / "sweeps" / sweep_id
     print(f"sweep: {len(plan.specs)} models ({len(untrained)} to train), {len(cells)} cells "

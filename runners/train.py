@@ -11,9 +11,10 @@ import math
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -44,11 +45,20 @@ class TrainSpec:
     size: str = "cpu"
     model_args: Dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+    parent: Optional["TrainSpec"] = None  # derived models start from this trained model
 
     def identity(self) -> Dict[str, Any]:
         data = {k: v for k, v in plain(self.data).items() if k not in DATA_KEYS_NOT_IN_IDENTITY}
-        return {"model": self.model, "size": self.size, "model_args": plain(self.model_args),
-                "data": data, "recipe": plain(self.recipe), "seed": self.seed}
+        identity = {"model": self.model, "size": self.size, "model_args": plain(self.model_args),
+                    "data": data, "recipe": plain(self.recipe), "seed": self.seed}
+        if self.parent is not None:
+            identity["parent"] = self.parent.identity()
+        return identity
+
+    @property
+    def depth(self) -> int:
+        """0 for a model trained from scratch, 1 + the parent's depth for a derived one."""
+        return 0 if self.parent is None else 1 + self.parent.depth
 
     def key(self) -> str:
         return stable_hash(self.identity())
@@ -136,10 +146,13 @@ def learning_rate(recipe: Dict[str, Any], step: int, total_steps: int, steps_per
 
 
 def make_optimizer(model: ZooModel, recipe: Dict[str, Any]) -> torch.optim.Optimizer:
+    parameters = model.trainable_parameters()
+    if not parameters:  # nothing to train (e.g. a fitted head on a frozen backbone); a no-op
+        parameters = [torch.nn.Parameter(torch.zeros(0))]
     if recipe["optimizer"] == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"])
+        return torch.optim.AdamW(parameters, lr=recipe["lr"], weight_decay=recipe["weight_decay"])
     return torch.optim.SGD(
-        model.parameters(), lr=recipe["lr"], momentum=recipe["momentum"],
+        parameters, lr=recipe["lr"], momentum=recipe["momentum"],
         nesterov=bool(recipe["nesterov"]) and recipe["momentum"] > 0,
         weight_decay=recipe["weight_decay"],
     )
@@ -175,27 +188,54 @@ def train_model(
     ``stop_after_epochs`` ends the run early (as a preempted job would), leaving ``last.pt``
     for the next call to resume from.
     """
-    from tqdm import tqdm
-
     check_recipe(spec.recipe)
     folder = spec.folder(store)
     if (folder / "record.json").exists():
         return read_json(folder / "record.json")
+    with training_lock(folder):  # one trainer per checkpoint; the others wait, then read it
+        if (folder / "record.json").exists():
+            return read_json(folder / "record.json")
+        return _train(spec, Path(store), folder, device, progress, stop_after_epochs)
+
+
+@contextmanager
+def training_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock on ``folder`` (a sibling ``.lock`` file) held by one process at a time."""
+    import fcntl
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f"{folder.name}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _train(spec: TrainSpec, store: Path, folder: Path, device: str, progress: bool,
+           stop_after_epochs: Optional[int]) -> Dict[str, Any]:
+    from tqdm import tqdm
 
     recipe = plain(spec.recipe)
     torch_device = resolve_device(device)
     dataset = load_dataset(spec.data)
+    parent = None
+    if spec.parent is not None:  # trained (or found) first; the derived model starts from it
+        parent, _ = load_trained(spec.parent, store, dataset, device=device, progress=progress)
     torch.manual_seed(spec.seed)
     model = build_model(spec, dataset).to(torch_device)
-    optimizer = make_optimizer(model, recipe)
     train_split = training_subset(dataset.train, recipe["max_train_images"], spec.seed)
+    resume = (folder / "last.pt").exists()
+    if parent is not None and not resume:
+        model.init_from_parent(parent, train_split)
+    optimizer = make_optimizer(model, recipe)
     augment = dataset.augment if recipe["augment"] == "auto" else recipe["augment"]
 
     n, batch = len(train_split), int(recipe["batch_size"])
     steps_per_epoch = math.ceil(n / batch)
     total_steps = steps_per_epoch * int(recipe["epochs"])
     start_epoch, history, seconds = 0, [], 0.0
-    if (folder / "last.pt").exists():
+    if resume:
         state = torch.load(folder / "last.pt", map_location=torch_device, weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -244,7 +284,8 @@ def train_model(
         "model": spec.model, "key": spec.key(), "spec": spec.identity(), "config": plain(model.config),
         "test_accuracy": accuracy, "test_images": len(dataset.test), "train_images": n,
         "history": history, "train_seconds": round(seconds, 1), "device": str(torch_device),
-        "parameters": sum(p.numel() for p in model.parameters()), "finished": True,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "trained_parameters": sum(p.numel() for p in model.trainable_parameters()), "finished": True,
     }
     atomic_torch_save({"model": model.state_dict(), "record": record}, folder / "model.pt")
     atomic_write_json(folder / "record.json", record)  # last: marks the checkpoint complete

@@ -4,6 +4,7 @@ import torch
 
 from zoo import MODELS, create_model
 from zoo.base import ZooModel, resolve_target, upsample
+from zoo.dynamic import DynamicLinearModel
 
 NUM_CLASSES = 10
 
@@ -25,10 +26,15 @@ def test_forward_gives_finite_logits_and_probabilities(model):
     assert model.config["num_classes"] == NUM_CLASSES and model.config["input_size"] == (3, 32, 32)
 
 
-def test_model_normalises_its_own_input(model):
+def test_model_encodes_its_own_input(model):
     model.eval()
     x = torch.rand(2, 3, 32, 32)
-    expected = model.forward_head(model.forward_features((x - 0.5) / 0.25))
+    if isinstance(model, DynamicLinearModel):  # B-cos, CoDA: the image and its complement
+        expected_input = torch.cat([x, 1 - x], dim=1)
+    else:
+        expected_input = (x - 0.5) / 0.25
+    assert torch.equal(model.encode_input(x), expected_input)
+    expected = model.forward_head(model.forward_features(expected_input))
     assert torch.allclose(model(x), expected, atol=1e-5)
 
 
@@ -57,7 +63,7 @@ def test_native_explanation_shape_and_target(model):
 def test_a_few_training_steps_lower_the_loss_on_a_fixed_batch(model):
     torch.manual_seed(1)
     x, y = torch.rand(16, 3, 32, 32), torch.randint(0, NUM_CLASSES, (16,))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    optimizer = torch.optim.SGD(model.trainable_parameters(), lr=0.01)
     model.train()
     first = float(model.loss(model(x), y).detach())
     for _ in range(8):

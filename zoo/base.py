@@ -3,7 +3,7 @@
 A zoo model is an ``nn.Module`` that takes images in ``[0, 1]`` (``[B, 3, H, W]``) and normalises
 them itself, so explainers and metrics work in pixel space. It has:
 
-- ``forward(x) -> logits [B, K]`` (``forward_features`` then ``forward_head``);
+- ``forward(x) -> logits [B, K]`` (``encode_input``, ``forward_features``, ``forward_head``);
 - ``probabilities(logits) -> [B, K]`` and ``loss(logits, labels)``: softmax and cross-entropy
   unless the model's head says otherwise (FA-CNN's pooling head normalises by the L1 norm);
 - ``config``: input size, mean, std, number of classes;
@@ -73,6 +73,11 @@ class ZooModel(nn.Module):
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
 
+    def encode_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What ``forward_features`` receives: the normalised image (dynamic-linear models
+        override it with the ``[x, 1 - x]`` encoding)."""
+        return self.normalize(x)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
@@ -81,7 +86,7 @@ class ZooModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` in ``[0, 1]``, ``[B, 3, H, W]`` -> logits ``[B, K]``."""
-        return self.forward_head(self.forward_features(self.normalize(x)))
+        return self.forward_head(self.forward_features(self.encode_input(x)))
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.softmax(dim=1)
@@ -93,6 +98,15 @@ class ZooModel(nn.Module):
     def cam_layer(self) -> nn.Module:
         """The layer CAM methods attribute to (the last spatial feature map)."""
         raise NotImplementedError(f"{type(self).__name__} declares no cam_layer")
+
+    def trainable_parameters(self) -> list:
+        """The parameters training updates (models with a frozen part leave it out)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def init_from_parent(self, parent: "ZooModel", train: Any) -> None:
+        """Derived models (registered with ``parent=<name>``) start from the trained parent:
+        copy or convert its weights, fit what needs fitting on the ``train`` split."""
+        raise NotImplementedError(f"{type(self).__name__} is not derived from a parent model")
 
     @property
     def has_native_explanation(self) -> bool:
