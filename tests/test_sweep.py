@@ -30,7 +30,8 @@ def tiny(tmp_path, *overrides):
     return compose_config([
         f"store={tmp_path / 'store'}", f"results_dir={tmp_path / 'results'}", "progress=false",
         "data.num_train=300", "data.num_test=100", "profile.eval.num_images=50",
-        "profile.recipes.fa_minimal.epochs=1", "profile.recipes.resnet_standard.epochs=1",
+        *(f"profile.recipes.{recipe}.epochs=1" for recipe in
+          ("fa_minimal", "resnet_standard", "bcos", "coda", "bcosify", "ca_stream")),
         "+model_args.fa_cnn={depth:3,channels:10}", *overrides,
     ])
 
@@ -92,7 +93,7 @@ def test_the_script_reports_bad_names_and_exits_non_zero(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: zoo=nope: unknown model 'nope'.")
-    assert "Valid models: fa_cnn, fa_cnn_linear, resnet18, resnet50, vanilla_cnn" in result.stderr
+    assert f"Valid models: {', '.join(MODELS.list())}" in result.stderr
     assert list(tmp_path.iterdir()) == []
 
 
@@ -163,6 +164,24 @@ def test_local_launcher_runs_each_job_in_its_own_process(tmp_path, capsys):
     assert len(list((tmp_path / "store" / "cells").glob("*.json"))) == 2
     logs = list((tmp_path / "store" / "sweeps").rglob("*_log.err"))
     assert logs, "submitit wrote no job logs"
+
+
+@pytest.mark.slow
+def test_derived_models_share_one_parent_checkpoint_across_parallel_jobs(tmp_path, capsys):
+    cfg = tiny(tmp_path, "zoo=[ca_stream_resnet18,kmeans_resnet18_b4]", "explainer=native", "launcher=local")
+    assert run_sweep(cfg) == 0
+    models = tmp_path / "store" / "models"
+    parents = [p for p in models.iterdir() if p.is_dir() and p.name.startswith("resnet18-")]
+    assert len(parents) == 1 and (parents[0] / "model.pt").exists()  # trained once, for both
+    parent_key = parents[0].name.split("-", 1)[1]
+    records = [json.loads(p.read_text()) for p in models.glob("*/record.json")]
+    derived = {r["model"]: r for r in records if r["model"] != "resnet18"}
+    assert sorted(derived) == ["ca_stream_resnet18", "kmeans_resnet18_b4"]
+    from bench.storage import stable_hash
+
+    assert all(stable_hash(r["spec"]["parent"]) == parent_key for r in derived.values())
+    board = pd.read_csv(tmp_path / "results" / "synthetic" / "leaderboard.csv")
+    assert sorted(board.model) == ["ca_stream_resnet18", "kmeans_resnet18_b4"]
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ the widths (16, 32, 64, 128); the paper profile has the usual (64, 128, 256, 512
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import List, Sequence
 
 import torch
 from torch import nn
@@ -58,6 +58,23 @@ class TimmResNet(ZooModel):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.forward_features(x)
+
+    def stage_outputs(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """The outputs of the four stages (``layer1`` .. ``layer4``) for a normalised input; the
+        last one is what ``forward_features`` returns."""
+        net = self.net
+        x = net.maxpool(net.act1(net.bn1(net.conv1(x))))
+        outputs = []
+        for stage in (net.layer1, net.layer2, net.layer3, net.layer4):
+            x = stage(x)
+            outputs.append(x)
+        return outputs
+
+    @property
+    def stage_widths(self) -> List[int]:
+        """Channels of the four stage outputs."""
+        widths = {info["module"]: info["num_chs"] for info in self.net.feature_info}
+        return [widths[f"layer{i}"] for i in range(1, 5)]
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.net.forward_head(features)
