@@ -7,7 +7,7 @@ the widths (16, 32, 64, 128); the paper profile has the usual (64, 128, 256, 512
 """
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import Any, List, Sequence
 
 import torch
 from torch import nn
@@ -17,6 +17,7 @@ from zoo.base import ZooModel
 
 WIDTHS = {"cpu": (16, 32, 64, 128), "paper": (64, 128, 256, 512)}
 CIFAR_STEM_MAX_SIZE = 64
+INJECTABLE = {"norm_layer", "act_layer", "zero_init_last"}
 
 
 class TimmResNet(ZooModel):
@@ -32,8 +33,14 @@ class TimmResNet(ZooModel):
         mean: Sequence[float] = (0.5, 0.5, 0.5),
         std: Sequence[float] = (0.25, 0.25, 0.25),
         size: str = "cpu",
+        **layers: Any,
     ) -> None:
+        """``layers``: timm ResNet arguments injected as they are (``norm_layer``, ``act_layer``,
+        ``zero_init_last``); the B-cos ResNet passes its own normalisation and activation here."""
         super().__init__(num_classes, input_size, mean, std)
+        unknown = sorted(set(layers) - INJECTABLE)
+        if unknown:
+            raise TypeError(f"TimmResNet takes no argument {', '.join(unknown)}; injectable: {', '.join(sorted(INJECTABLE))}")
         if size not in WIDTHS:
             raise ValueError(f"unknown size '{size}'; valid sizes: {', '.join(WIDTHS)}")
         import timm
@@ -48,7 +55,7 @@ class TimmResNet(ZooModel):
             stem = {"stem_type": "deep", "stem_width": widths[0] // 2}
         self.net = timm.create_model(
             arch, pretrained=False, num_classes=num_classes, in_chans=input_size[0],
-            channels=widths, **stem,
+            channels=widths, **stem, **layers,
         )
         if small_input:
             self.net.conv1 = nn.Conv2d(input_size[0], widths[0], 3, stride=1, padding=1, bias=False)
