@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from bench.registry import DuplicateNameError, Registry, UnknownNameError
@@ -54,7 +56,9 @@ def test_unknown_argument_is_a_one_line_error():
 
 
 @pytest.mark.parametrize("registry, expected", [
-    (MODELS, {"fa_cnn", "fa_cnn_linear", "vanilla_cnn", "resnet18", "resnet50"}),
+    (MODELS, {"fa_cnn", "fa_cnn_linear", "vanilla_cnn", "resnet18", "resnet50", "bcos_cnn", "bcos_resnet18",
+              "bcosified_resnet18", "coda_net", "ca_stream_resnet18", "kmeans_resnet18_b4",
+              "kmeans_resnet18_b234"}),
     (EXPLAINERS, {"native", "gradcam", "random"}),
     (METRICS, {"pixel_removal"}),
     (DATASETS, {"synthetic", "cifar10", "cifar100", "imagefolder"}),
@@ -64,6 +68,13 @@ def test_registries_hold_the_families(registry, expected):
 
 
 @pytest.mark.parametrize("name", MODELS.list())
-def test_every_model_declares_family_and_recipe(name):
+def test_every_model_declares_family_recipe_and_a_registered_parent(name):
+    import yaml
+
     info = MODELS.info(name)
-    assert info["family"] and info["recipe"] in {"fa_minimal", "resnet_standard"}
+    conf = Path(__file__).resolve().parents[1] / "runners" / "conf" / "profile"
+    for profile in ("cpu.yaml", "paper.yaml"):
+        assert info["recipe"] in yaml.safe_load((conf / profile).read_text())["recipes"]
+    assert info["family"]
+    if "parent" in info:  # a derived model starts from a model trained from scratch
+        assert "parent" not in MODELS.info(info["parent"])
