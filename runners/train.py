@@ -200,11 +200,11 @@ def train_model(
 
 @contextmanager
 def training_lock(folder: Path) -> Iterator[None]:
-    """An exclusive lock on ``folder`` (a sibling ``.lock`` file) held by one process at a time."""
+    """An exclusive lock on ``folder`` (its ``train.lock`` file) held by one process at a time."""
     import fcntl
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.parent / f"{folder.name}.lock", "a") as handle:
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "train.lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

@@ -116,3 +116,30 @@ def test_multiply_accumulates_counts_convolutions():
     # stem 3->10 at 32x32, then 10->10 convs at 32, 16 and 8 pixels; the pooling head has none.
     expected = 27 * 10 * 32 * 32 + 90 * 10 * (32 * 32 + 16 * 16 + 8 * 8)
     assert multiply_accumulates(model, (3, 32, 32)) == expected
+
+
+def test_training_lock_lets_one_holder_in_at_a_time(tmp_path):
+    import threading
+    import time
+
+    from runners.train import training_lock
+
+    events, first_inside = [], threading.Event()
+
+    def hold(name, wait_for=None):
+        if wait_for is not None:
+            wait_for.wait()
+        with training_lock(tmp_path / "models" / "m-key"):
+            events.append(f"{name} in")
+            first_inside.set()
+            time.sleep(0.3)
+            events.append(f"{name} out")
+
+    threads = [threading.Thread(target=hold, args=("first",)),
+               threading.Thread(target=hold, args=("second", first_inside))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert events == ["first in", "first out", "second in", "second out"]
+    assert (tmp_path / "models" / "m-key" / "train.lock").exists()
