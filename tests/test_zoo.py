@@ -99,3 +99,14 @@ def test_cpu_resnets_keep_their_architecture_with_quarter_widths(name, arch_bloc
     assert model.net.num_features == 128 * expansion
     paper = create_model(name, num_classes=10, size="paper")
     assert paper.net.num_features == 512 * expansion
+
+
+@pytest.mark.parametrize("name", MODELS.list())
+def test_paper_size_is_one_switch_away_and_larger(name):
+    small = create_model(name, num_classes=NUM_CLASSES)
+    paper = create_model(name, num_classes=NUM_CLASSES, size="paper").eval()
+    assert sum(p.numel() for p in paper.parameters()) > 2 * sum(p.numel() for p in small.parameters())
+    with torch.no_grad():
+        assert paper(torch.rand(1, 3, 32, 32)).shape == (1, NUM_CLASSES)
+    with pytest.raises(ValueError, match="valid sizes"):
+        create_model(name, num_classes=NUM_CLASSES, size="huge")
