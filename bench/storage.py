@@ -81,7 +81,8 @@ def read_json(path: Path) -> Any:
 
 
 def git_commit() -> str:
-    """The project's git commit (with ``-dirty`` for uncommitted changes), or ``unknown``."""
+    """The project's git commit (with ``-dirty`` for uncommitted changes outside ``results/``,
+    where sweeps write their leaderboards), or ``unknown``."""
     try:
         answer = subprocess.run(
             ["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
@@ -91,7 +92,7 @@ def git_commit() -> str:
         if answer.returncode or not commit:
             return "unknown"
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"],
             cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5,
         ).stdout.strip()
         return commit + ("-dirty" if dirty else "")
