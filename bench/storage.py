@@ -80,12 +80,13 @@ def read_json(path: Path) -> Any:
         return json.load(handle)
 
 
-def git_commit() -> str:
+def git_commit(root: Optional[Path] = None) -> str:
     """The project's git commit (with ``-dirty`` for uncommitted changes outside ``results/``,
-    where sweeps write their leaderboards), or ``unknown``."""
+    where sweeps write their leaderboards), or ``unknown``. ``root``: the project by default."""
+    root = PROJECT_ROOT if root is None else Path(root)
     try:
         answer = subprocess.run(
-            ["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+            ["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=root, capture_output=True,
             text=True, timeout=5,
         )
         commit = answer.stdout.strip()
@@ -93,7 +94,7 @@ def git_commit() -> str:
             return "unknown"
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"],
-            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5,
+            cwd=root, capture_output=True, text=True, timeout=5,
         ).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
