@@ -9,7 +9,7 @@ with torch's generator, so the data is identical on every machine and needs no f
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, List
+from typing import Dict, List
 
 import torch
 

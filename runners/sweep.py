@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Sequence
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig
 
 from bench.registry import Registry, UnknownNameError
 from bench.storage import atomic_write_json, git_commit, plain, read_json, stable_hash, work_dir

@@ -147,8 +147,8 @@ def learning_rate(recipe: Dict[str, Any], step: int, total_steps: int, steps_per
 
 def make_optimizer(model: ZooModel, recipe: Dict[str, Any]) -> torch.optim.Optimizer:
     parameters = model.trainable_parameters()
-    if not parameters:  # nothing to train (e.g. a fitted head on a frozen backbone); a no-op
-        parameters = [torch.nn.Parameter(torch.zeros(0))]
+    if not parameters:
+        raise ValueError(f"{type(model).__name__} has no trainable parameters; its recipe needs epochs: 0")
     if recipe["optimizer"] == "adamw":
         return torch.optim.AdamW(parameters, lr=recipe["lr"], weight_decay=recipe["weight_decay"])
     return torch.optim.SGD(
@@ -228,7 +228,7 @@ def _train(spec: TrainSpec, store: Path, folder: Path, device: str, progress: bo
     resume = (folder / "last.pt").exists()
     if parent is not None and not resume:
         model.init_from_parent(parent, train_split)
-    optimizer = make_optimizer(model, recipe)
+    optimizer = make_optimizer(model, recipe) if int(recipe["epochs"]) > 0 else None  # 0: fitted only
     augment = dataset.augment if recipe["augment"] == "auto" else recipe["augment"]
 
     n, batch = len(train_split), int(recipe["batch_size"])

@@ -24,3 +24,20 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
     return tmp_path / "store"
+
+
+def calibrate(model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
+    """Set every uncentered norm's running variance to the batch's (one training-mode pass with
+    momentum 1), so eval-mode activations keep their scale; returns the model in eval mode."""
+    from zoo.bcos import UncenteredBatchNorm2d
+
+    norms = [m for m in model.modules() if isinstance(m, UncenteredBatchNorm2d)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 1.0
+    model.train()
+    with torch.no_grad():
+        model(x)
+    for m, momentum in zip(norms, saved):
+        m.momentum = momentum
+    return model.eval()

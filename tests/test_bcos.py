@@ -12,27 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import calibrate
 from zoo import create_model
 from zoo.bcos import BcosConv2d, BcosLinear, UncenteredBatchNorm2d, bcos_layers, set_b
 from zoo.dynamic import explanation_mode
 
 NUM_CLASSES = 10
 ATOL, RTOL = 1e-4, 1e-4
-
-
-def calibrate(model: nn.Module, x: torch.Tensor) -> nn.Module:
-    """Set every uncentered norm's running variance to the batch's (one pass, momentum 1), so
-    eval-mode activations keep their scale; returns the model in eval mode."""
-    norms = [m for m in model.modules() if isinstance(m, UncenteredBatchNorm2d)]
-    saved = [m.momentum for m in norms]
-    for m in norms:
-        m.momentum = 1.0
-    model.train()
-    with torch.no_grad():
-        model(x)
-    for m, momentum in zip(norms, saved):
-        m.momentum = momentum
-    return model.eval()
 
 
 def explicit_bcos_conv(x, weight, b, stride, padding, max_out=1):

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import calibrate
 from zoo import MODELS, create_model
 from zoo.bcos import BcosConv2d, UncenteredBatchNorm2d, bcos_layers, set_b
 from zoo.bcosify import BcosifiedResNet, bcosify
@@ -43,20 +44,6 @@ def parent():
 def images():
     torch.manual_seed(1)
     return torch.rand(4, 3, 32, 32)
-
-
-def calibrate(model: nn.Module, x: torch.Tensor) -> nn.Module:
-    """Running variances from one training-mode pass (momentum 1); back in eval mode."""
-    norms = [m for m in model.modules() if isinstance(m, UncenteredBatchNorm2d)]
-    saved = [m.momentum for m in norms]
-    for m in norms:
-        m.momentum = 1.0
-    model.train()
-    with torch.no_grad():
-        model(x)
-    for m, momentum in zip(norms, saved):
-        m.momentum = momentum
-    return model.eval()
 
 
 @pytest.mark.parametrize("loss", ["ce", "bce"])

@@ -432,7 +432,24 @@ class BcosCNN(BcosModel):
 
 # --- the B-cos ResNet ---------------------------------------------------------------------------
 
-class BcosResNet(BcosModel):
+class BcosTimmNet(BcosModel):
+    """Shared by the B-cos and the B-cosified ResNet: a timm ResNet in ``self.net`` whose ``fc``
+    is a 1x1 B-cos convolution applied at every position before the average pool."""
+
+    net: nn.Module
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_features(x)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net.fc(features).mean(dim=(2, 3)) + self.logit_bias
+
+    @property
+    def cam_layer(self) -> nn.Module:
+        return self.net.layer4
+
+
+class BcosResNet(BcosTimmNet):
     """The zoo's timm ResNet with uncentered batch norms and no activations (injected), B-cos
     convolutions (substituted; timm's forward code is unchanged), and a 1x1 B-cos convolution as
     classifier before the average pool."""
@@ -464,15 +481,6 @@ class BcosResNet(BcosModel):
         self.net.fc = BcosConv2d(self.net.num_features, num_classes, 1, b=self.b, max_out=self.max_out)
         self.config.update(arch=arch, widths=plain.config["widths"], size=size)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.forward_features(x)
-
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.net.fc(features).mean(dim=(2, 3)) + self.logit_bias
-
-    @property
-    def cam_layer(self) -> nn.Module:
-        return self.net.layer4
 
 
 @MODELS.register("bcos_cnn", family="bcos", recipe="bcos")

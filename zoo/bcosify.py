@@ -40,13 +40,13 @@ from torch import nn
 from zoo import MODELS
 from zoo.base import ZooModel
 from zoo.bcos import (
-    BcosConv2d, BcosModel, UncenteredBatchNorm2d, BcosUnit, check_b, check_loss,
+    BcosConv2d, BcosTimmNet, UncenteredBatchNorm2d, BcosUnit, check_b, check_loss,
     first_conv_name, replace_modules,
 )
 from zoo.resnet import WIDTHS, TimmResNet
 
 
-class BcosifiedResNet(BcosModel):
+class BcosifiedResNet(BcosTimmNet):
     """A timm ResNet converted to B-cos layers (see the module docstring); ``biases=True`` only
     for the intermediate stage that reproduces the original at ``B = 1``."""
 
@@ -71,16 +71,6 @@ class BcosifiedResNet(BcosModel):
 
         replace_modules(self.net, rule)
         self.config.update(arch=arch, widths=plain.config["widths"], size=size, biases=bool(biases))
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.forward_features(x)
-
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.net.fc(features).mean(dim=(2, 3)) + self.logit_bias
-
-    @property
-    def cam_layer(self) -> nn.Module:
-        return self.net.layer4
 
     @property
     def has_biases(self) -> bool:
