@@ -27,22 +27,17 @@ import torch
 from torch import nn
 
 from zoo import MODELS
-from zoo.base import Target, ZooModel, upsample
-from zoo.resnet import TimmResNet
+from zoo.base import Target, upsample
+from zoo.resnet import FrozenResNetModel
 
 
-class CAStreamResNet(ZooModel):
+class CAStreamResNet(FrozenResNetModel):
     """A frozen :class:`TimmResNet` with a trainable cross-attention stream as its pooling."""
-
-    channels_last = True
 
     def __init__(self, arch: str, num_classes: int, input_size: Sequence[int] = (3, 32, 32),
                  mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.25, 0.25, 0.25),
                  size: str = "cpu") -> None:
-        super().__init__(num_classes, input_size, mean, std)
-        self.backbone = TimmResNet(arch, num_classes, input_size, mean, std, size)
-        for parameter in self.backbone.parameters():
-            parameter.requires_grad_(False)
+        super().__init__(arch, num_classes, input_size, mean, std, size)
         widths = self.backbone.stage_widths
         self.query = nn.Parameter(torch.randn(widths[0]) / math.sqrt(widths[0]))
         self.projections = nn.ModuleList(
@@ -50,19 +45,7 @@ class CAStreamResNet(ZooModel):
         )
         for projection in self.projections:
             nn.init.zeros_(projection.weight)
-        self.config.update(arch=arch, widths=tuple(widths), parent_arch=arch)
-
-    def train(self, mode: bool = True) -> "CAStreamResNet":
-        super().train(mode)
-        self.backbone.eval()  # frozen: batch-norm statistics never update
-        return self
-
-    def init_from_parent(self, parent: ZooModel, train=None) -> None:
-        """Copy the trained ResNet's weights (backbone and classifier) into the frozen backbone."""
-        if not isinstance(parent, TimmResNet) or parent.config["arch"] != self.config["arch"]:
-            raise TypeError(f"a CA-Stream over {self.config['arch']} needs a trained {self.config['arch']} "
-                            f"as its parent, got {type(parent).__name__}")
-        self.backbone.load_state_dict(parent.state_dict())
+        self.config.update(widths=tuple(widths))
 
     def attend(self, features: torch.Tensor, query: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """``features`` ``[B, d, h, w]``, ``query`` ``[B, d]`` -> (``CA`` ``[B, d]``, ``a`` ``[B, h, w]``)."""
@@ -94,10 +77,6 @@ class CAStreamResNet(ZooModel):
     def attention_maps(self, x: torch.Tensor) -> List[torch.Tensor]:
         """The attention of every stage ``[B, h_l, w_l]`` for images ``x`` in ``[0, 1]``."""
         return self.stream(self.encode_input(x))[1]
-
-    @property
-    def cam_layer(self) -> nn.Module:
-        return self.backbone.net.layer4
 
     @torch.no_grad()
     def explain(self, x: torch.Tensor, target: Target = None, layer: Optional[int] = None) -> torch.Tensor:

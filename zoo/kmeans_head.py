@@ -34,7 +34,7 @@ from torch import nn
 
 from zoo import MODELS
 from zoo.base import Target, ZooModel, resolve_target, upsample
-from zoo.resnet import TimmResNet
+from zoo.resnet import FrozenResNetModel
 
 FEATURES = {"b4": (3,), "b234": (1, 2, 3)}  # indices into the four stage outputs
 
@@ -73,34 +73,24 @@ def kmeans(points: torch.Tensor, k: int, iterations: int = 50, seed: int = 0) ->
     return centres.float()
 
 
-class KMeansHeadResNet(ZooModel):
+class KMeansHeadResNet(FrozenResNetModel):
     """A frozen :class:`TimmResNet` whose classifier is the nearest of ``k`` prototypes per class."""
-
-    channels_last = True
 
     def __init__(self, arch: str, num_classes: int, input_size: Sequence[int] = (3, 32, 32),
                  mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.25, 0.25, 0.25),
                  size: str = "cpu", features: str = "b4", k: int = 5, iterations: int = 50) -> None:
-        super().__init__(num_classes, input_size, mean, std)
         if features not in FEATURES:
             raise ValueError(f"unknown features '{features}'; valid features: {', '.join(FEATURES)}")
         if k < 1:
             raise ValueError(f"k (prototypes per class) must be at least 1, got {k}")
-        self.backbone = TimmResNet(arch, num_classes, input_size, mean, std, size)
-        for parameter in self.backbone.parameters():
-            parameter.requires_grad_(False)
+        super().__init__(arch, num_classes, input_size, mean, std, size)
         self.stages = FEATURES[features]
         widths = [self.backbone.stage_widths[i] for i in self.stages]
         self.k, self.iterations = int(k), int(iterations)
         self.prototypes = nn.Parameter(torch.randn(num_classes, self.k, sum(widths)))
         self.register_buffer("block_scale", torch.ones(len(self.stages)))
         self.block_widths = widths
-        self.config.update(arch=arch, features=features, k=self.k)
-
-    def train(self, mode: bool = True) -> "KMeansHeadResNet":
-        super().train(mode)
-        self.backbone.eval()
-        return self
+        self.config.update(features=features, k=self.k)
 
     def local_features(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised input -> local features ``[B, D, h, w]`` at the last block's resolution."""
@@ -138,10 +128,7 @@ class KMeansHeadResNet(ZooModel):
         on the pooled features of ``train`` (the training split), class by class."""
         from data.base import to_float
 
-        if not isinstance(parent, TimmResNet) or parent.config["arch"] != self.config["arch"]:
-            raise TypeError(f"a k-means head on {self.config['arch']} needs a trained {self.config['arch']} "
-                            f"as its parent, got {type(parent).__name__}")
-        self.backbone.load_state_dict(parent.state_dict())
+        super().init_from_parent(parent)
         self.eval()
         device = self.prototypes.device
         self.block_scale.fill_(1.0)
@@ -161,10 +148,6 @@ class KMeansHeadResNet(ZooModel):
             if len(members) < self.k:
                 raise ValueError(f"class {label} has {len(members)} training images, fewer than k={self.k}")
             self.prototypes[label] = kmeans(members, self.k, self.iterations, seed=label)
-
-    @property
-    def cam_layer(self) -> nn.Module:
-        return self.backbone.net.layer4
 
     def similarity_maps(self, x: torch.Tensor, target: Target = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """``s(p) = 2 <f(p), mu> - ||mu||^2`` ``[B, h, w]`` for the nearest prototype ``mu`` of

@@ -103,3 +103,35 @@ def resnet50(num_classes: int = 10, input_size=(3, 32, 32), mean=(0.5,) * 3, std
              size: str = "cpu") -> TimmResNet:
     """ResNet-50 (Bottleneck [3, 4, 6, 3])."""
     return TimmResNet("resnet50", num_classes, input_size, mean, std, size)
+
+
+class FrozenResNetModel(ZooModel):
+    """Base of the models built on a trained zoo ResNet kept frozen (CA-Stream, k-means head):
+    ``self.backbone`` is a :class:`TimmResNet` whose parameters never require gradients and
+    whose batch norms stay in eval mode; ``init_from_parent`` copies the trained ResNet into it."""
+
+    channels_last = True
+
+    def __init__(self, arch: str, num_classes: int, input_size: Sequence[int], mean: Sequence[float],
+                 std: Sequence[float], size: str) -> None:
+        super().__init__(num_classes, input_size, mean, std)
+        self.backbone = TimmResNet(arch, num_classes, input_size, mean, std, size)
+        for parameter in self.backbone.parameters():
+            parameter.requires_grad_(False)
+        self.config.update(arch=arch)
+
+    def train(self, mode: bool = True) -> "FrozenResNetModel":
+        super().train(mode)
+        self.backbone.eval()  # frozen: batch-norm statistics never update
+        return self
+
+    def init_from_parent(self, parent: ZooModel, train: Any = None) -> None:
+        """Copy the trained ResNet's weights (backbone and classifier) into the frozen backbone."""
+        if not isinstance(parent, TimmResNet) or parent.config["arch"] != self.config["arch"]:
+            raise TypeError(f"{type(self).__name__} over {self.config['arch']} needs a trained "
+                            f"{self.config['arch']} as its parent, got {type(parent).__name__}")
+        self.backbone.load_state_dict(parent.state_dict())
+
+    @property
+    def cam_layer(self) -> nn.Module:
+        return self.backbone.net.layer4
