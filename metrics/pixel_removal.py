@@ -17,19 +17,10 @@ from typing import Dict, List
 import torch
 
 from metrics import METRICS
-from metrics.base import Metric
-from zoo.base import ZooModel
+from metrics.base import Batch, Metric, saliency_rank  # noqa: F401 (saliency_rank re-exported)
 
 ORDERS = ("least_salient_first", "most_salient_first")
 BASELINES = ("mean", "zero")
-
-
-def saliency_rank(saliency: torch.Tensor, descending: bool) -> torch.Tensor:
-    """Rank of each pixel ``[B, H*W]`` (0 = removed first); ties go to the lower pixel index."""
-    flat = saliency.reshape(saliency.shape[0], -1)
-    order = torch.argsort(-flat if descending else flat, dim=1, stable=True)
-    positions = torch.arange(flat.shape[1], device=flat.device).expand_as(order)
-    return torch.empty_like(order).scatter_(1, order, positions)
 
 
 def curve_area(curve: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -61,15 +52,15 @@ class PixelRemoval(Metric):
         return [round(float(f), 6) for f in self.fractions]
 
     @torch.no_grad()
-    def __call__(self, model: ZooModel, x: torch.Tensor, y: torch.Tensor, saliency: torch.Tensor) -> Dict[str, torch.Tensor]:
-        b, c, h, w = x.shape
-        rank = saliency_rank(saliency.to(x.device), descending=self.order == "most_salient_first")
-        rank = rank.view(b, 1, h, w)
-        fill = model.mean.to(x) if self.baseline == "mean" else torch.zeros(1, c, 1, 1, device=x.device)
-        correct = []
-        for fraction in self.fractions:  # one forward pass per fraction, over the whole batch
-            removed = rank < int(round(float(fraction) * h * w))
-            perturbed = torch.where(removed, fill, x)
-            correct.append(model(perturbed).argmax(dim=1) == y.to(x.device))
-        curve = torch.stack(correct, dim=1).float()
+    def compute(self, batch: Batch) -> Dict[str, torch.Tensor]:
+        x = batch.x
+        counts = [int(round(float(f) * batch.num_pixels)) for f in self.fractions]
+        if self.baseline == "mean":
+            fill, fill_id = batch.model.mean.to(x), "mean"
+        else:
+            fill, fill_id = torch.zeros(1, x.shape[1], 1, 1, device=x.device), 0.0
+        # one forward pass per fraction over the whole batch, shared with any metric that
+        # replaces the same pixels by the same baseline
+        logits = batch.removal_logits(counts, fill, fill_id, descending=self.order == "most_salient_first")
+        curve = (logits.argmax(-1) == batch.y.to(x.device)).float().T.contiguous()
         return {"score": curve_area(curve, self.fractions), "curve": curve}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
@@ -19,6 +19,7 @@ from data import load_dataset
 from data.base import Dataset, to_float
 from explainers import EXPLAINERS
 from metrics import METRICS
+from metrics.base import Batch
 from runners.train import TrainSpec, load_trained, resolve_device
 from zoo.base import ZooModel
 
@@ -84,17 +85,27 @@ def predict(model: ZooModel, x: torch.Tensor, batch_size: int) -> torch.Tensor:
                       for s in range(0, x.shape[0], batch_size)])
 
 
-def compute_saliency(cell: Cell, model: ZooModel, images: Dict[str, torch.Tensor], store: Path,
-                     progress: bool = False) -> torch.Tensor:
-    path = cell.saliency_path(store)
-    if path.exists():
-        return torch.load(path, map_location="cpu")
+def explain_targets(cell: Cell, model: ZooModel, images: Dict[str, torch.Tensor]) -> torch.Tensor:
+    """The class each map explains: the predicted class (default) or the true label."""
     if cell.target not in TARGETS:
         raise ValueError(f"unknown target '{cell.target}'; valid targets: {', '.join(TARGETS)}")
+    return images["y"] if cell.target == "label" else predict(model, images["x"], cell.batch_size)
+
+
+def make_explainer(cell: Cell, model: ZooModel):
     explainer = EXPLAINERS.create(cell.explainer, **plain(cell.explainer_args))
     if not explainer.applies_to(model):
         raise ValueError(f"explainer '{cell.explainer}' does not apply to model '{cell.train.model}'")
-    targets = images["y"] if cell.target == "label" else predict(model, images["x"], cell.batch_size)
+    return explainer
+
+
+def compute_saliency(cell: Cell, model: ZooModel, images: Dict[str, torch.Tensor], store: Path,
+                     progress: bool = False, targets: Optional[torch.Tensor] = None) -> torch.Tensor:
+    path = cell.saliency_path(store)
+    if path.exists():
+        return torch.load(path, map_location="cpu")
+    explainer = make_explainer(cell, model)
+    targets = explain_targets(cell, model, images) if targets is None else targets
     saliency = explainer.explain_all(model, images["x"], targets, cell.batch_size, progress=progress)
     atomic_torch_save(saliency, path)
     return saliency
@@ -103,29 +114,111 @@ def compute_saliency(cell: Cell, model: ZooModel, images: Dict[str, torch.Tensor
 def run_cell(cell: Cell, store: Path, device: str = "auto", progress: bool = False,
              model: Optional[ZooModel] = None, record: Optional[Dict[str, Any]] = None,
              dataset: Optional[Dataset] = None) -> Dict[str, Any]:
-    """Compute ``cell`` unless its result file exists; return the result."""
+    """Compute ``cell`` unless its result file exists; return the result (errors raise)."""
     path = cell.path(store)
     if path.exists():
         return read_json(path)
-    began = time.time()
-    dataset = dataset or load_dataset(cell.train.data)
-    if model is None or record is None:
-        model, record = load_trained(cell.train, store, dataset, device=device)
-    metric = METRICS.create(cell.metric, **plain(cell.metric_args))
-    images = evaluation_images(dataset, cell.num_images, cell.eval_seed)
-    saliency = compute_saliency(cell, model, images, store, progress=progress)
+    results, errors = run_cells([cell], store, device=device, progress=progress, model=model,
+                                record=record, dataset=dataset)
+    if errors:
+        raise RuntimeError(errors[cell.key()])
+    return results[cell.key()]
 
+
+def run_cells(cells: List[Cell], store: Path, device: str = "auto", progress: bool = False,
+              model: Optional[ZooModel] = None, record: Optional[Dict[str, Any]] = None,
+              dataset: Optional[Dataset] = None) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, str]]:
+    """Compute the cells of one trained model that have no result file yet.
+
+    Cells that share the explained images (same explainer, images and target) are computed as a
+    suite: the maps once, and per batch of images one :class:`metrics.base.Batch` that all their
+    metrics read, so perturbed images that several metrics evaluate run through the model once.
+    Each cell still gets its own result file. Returns ``(results by key, errors by key)``; a cell
+    that raises is reported with its traceback's last lines and the others go on.
+    """
+    import traceback
+
+    from runners.launchers import last_lines
+
+    results: Dict[str, Dict[str, Any]] = {}
+    errors: Dict[str, str] = {}
+    pending = []
+    for cell in cells:
+        if cell.path(store).exists():
+            results[cell.key()] = read_json(cell.path(store))
+        else:
+            pending.append(cell)
+    if not pending:
+        return results, errors
+    specs = {cell.train.key() for cell in pending}
+    if len(specs) != 1:
+        raise ValueError(f"run_cells takes the cells of one trained model; got {len(specs)} models")
+    dataset = dataset or load_dataset(pending[0].train.data)
+    if model is None or record is None:
+        model, record = load_trained(pending[0].train, store, dataset, device=device)
     torch_device = resolve_device(device)
-    outputs: Dict[str, List[torch.Tensor]] = {}
-    for start in range(0, images["x"].shape[0], cell.batch_size):
-        part = slice(start, start + cell.batch_size)
-        result = metric(model, images["x"][part].to(torch_device), images["y"][part].to(torch_device),
-                        saliency[part].to(torch_device))
-        for name, value in result.items():
-            outputs.setdefault(name, []).append(value.detach().float().cpu())
-    merged = {name: torch.cat(values) for name, values in outputs.items()}
+    groups: Dict[str, List[Cell]] = {}
+    for cell in pending:
+        groups.setdefault(str(cell.saliency_path(store)), []).append(cell)
+    for group in groups.values():
+        first = group[0]
+        try:
+            began = time.time()
+            images = evaluation_images(dataset, first.num_images, first.eval_seed)
+            explainer = make_explainer(first, model)
+            targets = explain_targets(first, model, images)
+            saliency = compute_saliency(first, model, images, store, progress=progress, targets=targets)
+            explain_seconds = time.time() - began
+        except Exception:
+            for cell in group:
+                errors[cell.key()] = last_lines(traceback.format_exc())
+            continue
+        metrics: Dict[str, Any] = {}
+        for cell in group:
+            try:
+                metric = METRICS.create(cell.metric, **plain(cell.metric_args))
+                if metric.needs_masks and "masks" not in images:
+                    raise ValueError(f"metric '{cell.metric}' needs ground-truth masks; dataset "
+                                     f"'{plain(cell.train.data).get('name')}' has none (synthetic has)")
+                metrics[cell.key()] = metric
+            except Exception:
+                errors[cell.key()] = last_lines(traceback.format_exc())
+        outputs: Dict[str, Dict[str, List[torch.Tensor]]] = {key: {} for key in metrics}
+        seconds = {key: 0.0 for key in metrics}
+        for start in range(0, images["x"].shape[0], first.batch_size):
+            part = slice(start, start + first.batch_size)
+            batch = Batch(
+                model, images["x"][part].to(torch_device), images["y"][part].to(torch_device),
+                saliency[part].to(torch_device), target=targets[part].to(torch_device),
+                masks=images["masks"][part].to(torch_device) if "masks" in images else None,
+                explainer=explainer)
+            for key, metric in list(metrics.items()):
+                tick = time.time()
+                try:
+                    result = metric.compute(batch)
+                except Exception:
+                    errors[key] = last_lines(traceback.format_exc())
+                    del metrics[key]
+                    continue
+                seconds[key] += time.time() - tick
+                for name, value in result.items():
+                    outputs[key].setdefault(name, []).append(value.detach().float().cpu())
+        for cell in group:
+            if cell.key() not in metrics:
+                continue
+            metric = metrics[cell.key()]
+            merged = {name: torch.cat(values) for name, values in outputs[cell.key()].items()}
+            result = cell_result(cell, metric, merged, record, seconds[cell.key()] + explain_seconds)
+            atomic_write_json(cell.path(store), result)
+            results[cell.key()] = result
+    return results, errors
+
+
+def cell_result(cell: Cell, metric: Any, merged: Dict[str, torch.Tensor], record: Dict[str, Any],
+                seconds: float) -> Dict[str, Any]:
     scores = merged["score"]
-    result = {
+    score = float(scores.nanmean()) if scores.numel() else float("nan")
+    return {
         "cell": cell.identity(),
         "key": cell.key(),
         "model": cell.train.model,
@@ -133,19 +226,18 @@ def run_cell(cell: Cell, store: Path, device: str = "auto", progress: bool = Fal
         "metric": cell.metric,
         "label": metric.label,
         "higher_is_better": metric.higher_is_better,
+        "flag": metric.flag(score),
         "data": plain(cell.train.data).get("name"),
         "seed": cell.train.seed,
         "size": cell.train.size,
-        "score": float(scores.mean()),
-        "per_image": [round(float(v), 6) for v in scores],
+        "score": score,
+        "per_image": [None if v != v else round(float(v), 6) for v in scores],
         "curve_x": metric.curve_x,
-        "curve": None if "curve" not in merged else [float(v) for v in merged["curve"].mean(0)],
+        "curve": None if "curve" not in merged else [float(v) for v in merged["curve"].nanmean(0)],
         "num_images": int(scores.shape[0]),
         "test_accuracy": record["test_accuracy"],
         "model_key": record["key"],
-        "seconds": round(time.time() - began, 2),
+        "seconds": round(seconds, 2),
         "git_commit": git_commit(),
         "torch": torch.__version__,
     }
-    atomic_write_json(path, result)
-    return result

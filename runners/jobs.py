@@ -3,16 +3,15 @@
 A :class:`ModelJob` trains its model unless the checkpoint exists (resuming from the last epoch
 if a previous run stopped part-way), then computes each of its cells that has no result file
 yet. The model is loaded once for all of its cells; each cell still gets its own result file.
-A cell that raises is reported and the job goes on with the next.
+A cell that raises is reported and the job goes on with the next. Cells that explain the
+same images with the same explainer are computed as a suite that shares forward passes.
 """
 from __future__ import annotations
 
-import traceback
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
-from runners.evaluate import Cell, run_cell
-from runners.launchers import last_lines
+from runners.evaluate import Cell, run_cells
 from runners.train import TrainSpec, load_trained, train_model
 
 
@@ -40,12 +39,8 @@ class ModelJob:
             dataset = load_dataset(self.spec.data)
             model, record = load_trained(self.spec, self.store, dataset, device=self.device,
                                          progress=self.progress)
-            for cell in pending:
-                try:
-                    run_cell(cell, self.store, device=self.device, progress=self.progress,
-                             model=model, record=record, dataset=dataset)
-                except Exception:  # reported per cell; the job goes on
-                    errors[cell.key()] = last_lines(traceback.format_exc())
+            _, errors = run_cells(pending, self.store, device=self.device, progress=self.progress,
+                                  model=model, record=record, dataset=dataset)
         return {"model": self.spec.model, "test_accuracy": record["test_accuracy"],
                 "train_seconds": record.get("train_seconds"), "errors": errors}
 

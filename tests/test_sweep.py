@@ -190,7 +190,7 @@ def test_a_failing_cell_leaves_the_others_done_and_the_exit_status_says_so(tmp_p
         name = "always_fails"
         higher_is_better = True
 
-        def __call__(self, model, x, y, saliency):
+        def compute(self, batch):
             raise RuntimeError("boom: this metric always fails")
 
     monkeypatch.setitem(METRICS._builders, "always_fails", AlwaysFails)
