@@ -1,60 +1,637 @@
-"""Figures beside the leaderboard: each curve metric's mean curves, a panel per model."""
+"""Figures beside the leaderboard, each written as PNG and SVG (matplotlib).
+
+- ``<metric>_curves``: a curve metric's mean curves as in the FA-CNN paper's Figure 4 (accuracy
+  against the percentage of pixels removed for ``pixel_removal``): one panel per explainer, one
+  line per model, each model's random-baseline curve dashed in the same colour. Where an
+  explainer has layers (``native``'s ``layer``), one layer is chosen (default: the model's own).
+  Several seeds: the curves are averaged.
+- ``insertion_deletion``: the ``insertion`` and ``deletion`` curves side by side, one panel each
+  (one row per explainer), drawn the same way.
+- ``accuracy_vs_faithfulness``: each model's test accuracy against each metric's mean, with the
+  leaderboard's 95 % interval as an error bar, a panel per metric.
+- ``saliency_grid`` (FA-CNN paper, Figures 1 and 5): for a few scored test images of different
+  classes, the image, then every model's and explainer's map for the true class. Each map is
+  divided by its largest absolute value so all maps of a row share one colour scale ([0, 1], or
+  [-1, 1] when a map of the row has negative values). Needs the trained checkpoints in the store;
+  the maps are recomputed for the true class on the few images shown (the cached maps explain the
+  predicted class).
+- ``fa_cnn_morphing``: FA-CNN's class maps (the mean of the class's channels, ``class_maps``)
+  averaged over the scored test images of a class, at every layer (every k-th when there are more
+  than 12), beside Grad-CAM (on that layer's output, no ReLU; equal to captum's ``LayerGradCam``)
+  of the same class at the same layer, with the Pearson correlation of the two averaged maps printed
+  under each pair. At the last layer, which feeds the pooling head, Grad-CAM is the class map
+  divided by h * w (the paper's Theorem 1), so the correlation reads 1.00 there.
+
+The last two need the store (checkpoints, decoded data); without them they are skipped and the
+reason is returned (and printed by the leaderboard writer).
+"""
 from __future__ import annotations
 
+import io
+import math
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
 
 from bench.storage import atomic_write_bytes
 
+INSERTION_DELETION = ("insertion", "deletion")
+Y_LABELS = {"pixel_removal": "top-1 accuracy", "insertion": "probability of the explained class",
+            "deletion": "probability of the explained class"}
+X_LABELS = {"pixel_removal": "pixels removed (%)", "deletion": "pixels deleted (%)",
+            "insertion": "pixels inserted (%)"}
+MAX_MORPH_COLUMNS = 12
 
-def curve_figure(results: List[Dict[str, Any]], label: str) -> bytes:
-    """PNG of the mean curves of metric ``label``: one panel per model (a grid, so a zoo of any
-    size stays readable), one line per explainer and seed; random dashed, Grad-CAM dotted."""
-    import io
-    import math
 
+@dataclass
+class Drawn:
+    """A written figure: its name (file stem), a title and caption for the report, its files."""
+    name: str
+    title: str
+    caption: str
+    files: Dict[str, Path] = field(default_factory=dict)  # "png"/"svg" -> path
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    chosen = [r for r in results if r["label"] == label and r.get("curve")]
-    models = sorted({r["model"] for r in chosen}) or ["?"]
-    explainers = sorted({r["explainer"] for r in chosen})
-    colours = {e: plt.get_cmap("tab10")(i % 10) for i, e in enumerate(explainers)}
-    styles = {"random": "--", "gradcam": ":"}
-    columns = min(4, len(models))
-    rows = math.ceil(len(models) / columns)
-    figure, grid = plt.subplots(rows, columns, figsize=(3.1 * columns + 0.4, 2.5 * rows + 0.9),
-                                sharex=True, sharey=True, squeeze=False)
-    for axes, model in zip(grid.flat, models):
-        for result in sorted((r for r in chosen if r["model"] == model), key=lambda r: (r["explainer"], r["seed"])):
-            axes.plot([100 * x for x in result["curve_x"]], result["curve"], marker=".", markersize=3,
-                      linestyle=styles.get(result["explainer"], "-"), color=colours[result["explainer"]],
-                      label=result["explainer"])
-        axes.set_title(model, fontsize=9)
-        axes.set_ylim(0, 1.02)
-        axes.grid(alpha=0.3)
-    for axes in grid.flat[len(models):]:
-        axes.set_visible(False)
-    for axes in grid[-1]:
-        axes.set_xlabel("pixels removed (%)", fontsize=8)
-    for axes in grid[:, 0]:
-        axes.set_ylabel("top-1 accuracy", fontsize=8)
-    handles = [plt.Line2D([], [], color=colours[e], linestyle=styles.get(e, "-"), marker=".") for e in explainers]
-    direction = "higher is better" if chosen and chosen[0]["higher_is_better"] else "lower is better"
-    figure.suptitle(f"{label} on {chosen[0]['data'] if chosen else '?'} ({direction})", fontsize=11)
-    figure.legend(handles, explainers, loc="upper right", ncol=len(explainers), fontsize=8, frameon=False)
-    figure.tight_layout(rect=(0, 0, 1, 1 - 0.55 / figure.get_figheight()))
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
+    return plt
+
+
+def render(figure, dpi: int = 110) -> Dict[str, bytes]:
+    """PNG and SVG bytes of ``figure`` (SVG text kept as text, no date, fixed ids); closes it."""
+    import matplotlib
+
+    plt = pyplot()
+    out = {}
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "interpbench"}):
+        for kind in ("png", "svg"):
+            buffer = io.BytesIO()
+            metadata = {"Date": None} if kind == "svg" else None
+            figure.savefig(buffer, format=kind, dpi=dpi, metadata=metadata)
+            out[kind] = buffer.getvalue()
     plt.close(figure)
-    return buffer.getvalue()
+    return out
 
 
-def write_curve_figures(results: List[Dict[str, Any]], folder: Path) -> Dict[str, Path]:
-    """``<label>_curves.png`` for every metric in ``results`` that records a curve."""
-    labels = sorted({r["label"] for r in results if r.get("curve")})
-    safe = lambda text: "".join(c if c.isalnum() or c in "-_" else "_" for c in text)  # noqa: E731
-    return {label: atomic_write_bytes(Path(folder) / f"{safe(label)}_curves.png", curve_figure(results, label))
-            for label in labels}
+def safe_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
+
+
+def model_colours(models: Sequence[str]) -> Dict[str, Any]:
+    plt = pyplot()
+    cmap = plt.get_cmap("tab10" if len(models) <= 10 else "tab20")
+    return {m: cmap(i % cmap.N) for i, m in enumerate(models)}
+
+
+def chosen_layer(results: Sequence[Dict[str, Any]], layer: Optional[int] = None) -> List[Dict[str, Any]]:
+    """Cells whose explainer has no ``layer`` argument, or whose ``layer`` is ``layer``."""
+    kept = []
+    for result in results:
+        args = ((result.get("cell") or {}).get("explainer_args")) or {}
+        if "layer" not in args or args["layer"] == layer:
+            kept.append(result)
+    return kept
+
+
+def mean_curve(cells: Sequence[Dict[str, Any]]) -> Tuple[np.ndarray, np.ndarray]:
+    """The curve averaged over the cells (seeds) that share its x-axis."""
+    first = cells[0]
+    x = np.asarray(first.get("curve_x") or np.linspace(0.0, 1.0, len(first["curve"])), dtype=float)
+    curves = [np.asarray(c["curve"], dtype=float) for c in cells if len(c["curve"]) == len(x)]
+    return x, np.nanmean(np.stack(curves), axis=0)
+
+
+def curves_figure(results: Sequence[Dict[str, Any]], labels: Sequence[str], layer: Optional[int] = None,
+                  title: str = ""):
+    """Mean curves of the metric ``labels``: panels (explainer x label), a line per model, each
+    model's random baseline dashed in the model's colour. Returns the matplotlib figure."""
+    from runners.leaderboard import explainer_label
+
+    plt = pyplot()
+    chosen = [r for r in chosen_layer(results, layer) if r.get("label") in labels and r.get("curve")]
+    if not chosen:
+        raise ValueError(f"no curves for {', '.join(labels)}; labels with curves: "
+                         f"{', '.join(sorted({r['label'] for r in results if r.get('curve')})) or 'none'}")
+    named = [(explainer_label(r), r) for r in chosen]
+    explainers = sorted({e for e, _ in named if e != "random"}) or ["random"]
+    models = sorted({r["model"] for r in chosen})
+    colours = model_colours(models)
+    if len(labels) == 1:
+        columns = min(3, len(explainers))
+        panels = [(labels[0], e) for e in explainers]
+        rows = math.ceil(len(panels) / columns)
+    else:
+        columns, rows = len(labels), len(explainers)
+        panels = [(label, e) for e in explainers for label in labels]
+    figure, grid = plt.subplots(rows, columns, figsize=(4.2 * columns + 2.2, 3.2 * rows + 0.8), squeeze=False)
+    for axes, (label, explainer) in zip(grid.flat, panels):
+        metric = next(r["metric"] for _, r in named if r["label"] == label)
+        for model in models:
+            for name, style, width in ((explainer, "-", 1.6), ("random", "--", 1.0)):
+                if name == "random" and explainer == "random":
+                    continue
+                cells = [r for e, r in named if e == name and r["model"] == model and r["label"] == label]
+                if cells:
+                    x, y = mean_curve(cells)
+                    axes.plot(100 * x, y, linestyle=style, linewidth=width, color=colours[model],
+                              alpha=1.0 if style == "-" else 0.7, marker="." if style == "-" else None,
+                              markersize=3)
+        direction = "higher is better" if next(r for _, r in named if r["label"] == label)["higher_is_better"] \
+            else "lower is better"
+        axes.set_title(f"{label}: {explainer} ({direction})", fontsize=9)
+        axes.set_xlabel(X_LABELS.get(metric, "fraction of pixels (%)"), fontsize=8)
+        axes.set_ylabel(Y_LABELS.get(metric, "mean curve"), fontsize=8)
+        if metric == "pixel_removal":
+            axes.set_ylim(0, 1.02)
+        axes.grid(alpha=0.3)
+        axes.tick_params(labelsize=7)
+    for axes in grid.flat[len(panels):]:
+        axes.set_visible(False)
+    handles = [plt.Line2D([], [], color=colours[m], linewidth=1.6) for m in models]
+    handles += [plt.Line2D([], [], color="grey", linestyle="-"), plt.Line2D([], [], color="grey", linestyle="--")]
+    names = list(models) + ["explainer (solid)", "random baseline (dashed)"]
+    figure.legend(handles, names, loc="center right", fontsize=7, frameon=False)
+    data = chosen[0].get("data", "?")
+    figure.suptitle(title or f"{', '.join(labels)} on {data}", fontsize=11)
+    figure.tight_layout(rect=(0, 0, 1 - 2.0 / figure.get_figwidth(), 1 - 0.4 / figure.get_figheight()))
+    return figure
+
+
+def accuracy_figure(results: Sequence[Dict[str, Any]], labels: Optional[Sequence[str]] = None):
+    """Test accuracy against each metric's mean (95 % interval as error bars), a panel per metric."""
+    from runners.leaderboard import directions, pivot, tidy_table
+
+    plt = pyplot()
+    tidy = tidy_table(results)
+    table = pivot(tidy)
+    higher = directions(tidy)
+    labels = sorted(higher) if labels is None else list(labels)
+    unknown = [label for label in labels if label not in higher]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {', '.join(unknown)}; valid metrics: {', '.join(sorted(higher))}")
+    models = sorted(table["model"].unique())
+    explainers = sorted(table["explainer"].unique())
+    colours = model_colours(models)
+    markers = dict(zip(explainers, "os^Dvx<>P*"*3))
+    columns = min(3, len(labels))
+    rows = math.ceil(len(labels) / columns)
+    figure, grid = plt.subplots(rows, columns, figsize=(4.2 * columns + 2.2, 3.4 * rows + 0.6), squeeze=False)
+    for axes, label in zip(grid.flat, labels):
+        for row in table.itertuples(index=False):
+            record = dict(zip(table.columns, row))
+            value = record[label]
+            if value != value:
+                continue
+            low, high = record[f"{label}_ci_low"], record[f"{label}_ci_high"]
+            error = None if low != low else [[value - low], [high - value]]
+            axes.errorbar(value, record["accuracy"], xerr=error, marker=markers[record["explainer"]],
+                          color=colours[record["model"]], markersize=5, capsize=2, linewidth=0.8)
+        axes.set_xlabel(f"{label} {'↑' if higher[label] else '↓'}", fontsize=8)
+        axes.set_ylabel("test accuracy", fontsize=8)
+        axes.grid(alpha=0.3)
+        axes.tick_params(labelsize=7)
+    for axes in grid.flat[len(labels):]:
+        axes.set_visible(False)
+    handles = [plt.Line2D([], [], color=colours[m], marker="o", linestyle="") for m in models]
+    handles += [plt.Line2D([], [], color="grey", marker=markers[e], linestyle="") for e in explainers]
+    figure.legend(handles, list(models) + list(explainers), loc="center right", fontsize=7, frameon=False)
+    figure.suptitle(f"Accuracy against faithfulness on {results[0].get('data', '?')}", fontsize=11)
+    figure.tight_layout(rect=(0, 0, 1 - 2.0 / figure.get_figwidth(), 1 - 0.4 / figure.get_figheight()))
+    return figure
+
+
+# --- saliency maps ---------------------------------------------------------------------------
+def normalised(maps: np.ndarray) -> np.ndarray:
+    """Each map ``[N, H, W]`` divided by its largest absolute value (an all-zero map stays zero)."""
+    scale = np.abs(maps).reshape(maps.shape[0], -1).max(axis=1)
+    return maps / np.where(scale > 0, scale, 1.0)[:, None, None]
+
+
+def saliency_grid(images: np.ndarray, labels: Sequence[str], columns: Sequence[Tuple[str, np.ndarray]],
+                  title: str = ""):
+    """Rows: images ``[N, 3, H, W]`` in [0, 1]; columns: the image, then each ``(title, maps [N, H, W])``.
+
+    Maps are divided by their largest absolute value; one colour scale per row ([0, 1], or
+    [-1, 1] where a map of the row has negative values), with its colour bar at the row's end.
+    """
+    plt = pyplot()
+    if not columns:
+        raise ValueError("saliency grid needs at least one (title, maps) column")
+    n = images.shape[0]
+    scaled = [(name, normalised(np.asarray(maps, dtype=float))) for name, maps in columns]
+    for name, maps in scaled:
+        if maps.shape[0] != n:
+            raise ValueError(f"column '{name}' has {maps.shape[0]} maps for {n} images")
+    width = len(scaled) + 1
+    figure, grid = plt.subplots(n, width + 1, figsize=(1.3 * width + 0.6, 1.4 * n + 1.0), squeeze=False,
+                                gridspec_kw={"width_ratios": [1] * width + [0.08]})
+    for i in range(n):
+        signed = any((maps[i] < -1e-9).any() for _, maps in scaled)
+        vmin, cmap = (-1.0, "RdBu_r") if signed else (0.0, "inferno")
+        axes = grid[i, 0]
+        axes.imshow(np.clip(images[i].transpose(1, 2, 0), 0, 1), interpolation="nearest")
+        axes.set_ylabel(labels[i], fontsize=7)
+        if i == 0:
+            axes.set_title("image", fontsize=6)
+        shown = None
+        for j, (name, maps) in enumerate(scaled, start=1):
+            shown = grid[i, j].imshow(maps[i], cmap=cmap, vmin=vmin, vmax=1.0, interpolation="nearest")
+            if i == 0:
+                grid[i, j].set_title(name, fontsize=6.5)
+        for axes in grid[i, :width]:
+            axes.set_xticks([])
+            axes.set_yticks([])
+        bar = figure.colorbar(shown, cax=grid[i, width])
+        bar.ax.tick_params(labelsize=5)
+    figure.suptitle(title or "Saliency maps for the true class", fontsize=10)
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.35 / figure.get_figheight()), w_pad=0.1, h_pad=0.3)
+    return figure
+
+
+def pick_images(labels: Sequence[int], count: int) -> List[int]:
+    """Indices of up to ``count`` images of different classes (first of each class, in order),
+    topped up with the next images when there are fewer classes."""
+    picked, seen = [], set()
+    for index, label in enumerate(labels):
+        if int(label) not in seen:
+            picked.append(index)
+            seen.add(int(label))
+        if len(picked) == count:
+            return picked
+    rest = [i for i in range(len(labels)) if i not in picked]
+    return sorted(picked + rest[: count - len(picked)])
+
+
+# --- FA-CNN's layer-by-layer morphing --------------------------------------------------------
+def morph_layers(depth: int, every: Optional[int] = None) -> List[int]:
+    """Layers 0..depth, every ``every``-th (default: so that at most 12 are shown), always with the last."""
+    every = every or max(1, math.ceil((depth + 1) / MAX_MORPH_COLUMNS))
+    if every < 1:
+        raise ValueError(f"every must be a positive integer, got {every}")
+    layers = list(range(0, depth + 1, every))
+    if layers[-1] != depth:
+        layers.append(depth)
+    return layers
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
+    a, b = a - a.mean(), b - b.mean()
+    denominator = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
+    return float((a * b).sum() / denominator) if denominator > 0 else float("nan")
+
+
+def layer_gradcams(model, x, target: int, layers: Sequence[int]):
+    """FA-CNN's class map and Grad-CAM of class ``target`` at each of ``layers``, for every image.
+
+    One forward pass keeps every layer's output X_L; one backward pass of the summed logit of
+    ``target`` gives d y_c / d X_L at all layers at once (the images do not interact, so each
+    image's gradient is its own). Grad-CAM at layer L is sum_k alpha_k X_L,k with alpha_k the
+    spatial mean of the gradient, no ReLU: the same as captum's ``LayerGradCam`` on the module
+    that outputs X_L (``model.stem`` for L = 0, ``model.layers[L - 1]`` after), which the tests
+    check. Returns layer -> (class maps ``[N, h, w]``, Grad-CAM maps ``[N, h, w]``).
+    """
+    import torch
+
+    if not (hasattr(model, "class_maps") and getattr(model, "head", None) == "pool"):
+        raise ValueError("the morphing figure needs an FA-CNN with the pooling head (model fa_cnn)")
+    if not 0 <= int(target) < model.num_classes:
+        raise ValueError(f"target class {target} out of range; valid classes: 0 to {model.num_classes - 1}")
+    with torch.enable_grad():
+        features = model.layer_features(model.normalize(x))
+        logits = model.forward_head(features[model.depth])
+        grads = torch.autograd.grad(logits[:, int(target)].sum(), [features[layer] for layer in layers])
+    out = {}
+    for layer, grad in zip(layers, grads):
+        feature = features[layer].detach()
+        weights = grad.mean(dim=(2, 3), keepdim=True)
+        gradcam = (weights * feature).sum(dim=1)
+        out[layer] = (model.class_pooled(feature)[:, int(target)], gradcam)
+    return out
+
+
+def morphing_maps(model, x, target: int, layers: Sequence[int]) -> Dict[int, Tuple[np.ndarray, np.ndarray, float]]:
+    """Layer -> (FA-CNN class map, Grad-CAM map, their correlation), both averaged over ``x``
+    and at the layer's resolution, for class ``target``."""
+    out = {}
+    for layer, (native, gradcam) in layer_gradcams(model, x, target, layers).items():
+        native_map = native.mean(0).double().cpu().numpy()
+        gradcam_map = gradcam.mean(0).double().cpu().numpy()
+        out[layer] = (native_map, gradcam_map, pearson(native_map, gradcam_map))
+    return out
+
+
+def morphing_figure(model, x, y, classes: Optional[Sequence[int]] = None, every: Optional[int] = None,
+                    class_names: Optional[Sequence[str]] = None, max_images: int = 32):
+    """FA-CNN's averaged class maps at every (k-th) layer beside Grad-CAM at the same layer.
+
+    ``x`` ``[N, 3, H, W]`` in [0, 1], ``y`` their labels; each class's maps are averaged over its
+    first ``max_images`` images. Two rows per class (FA-CNN, then Grad-CAM), a column per layer,
+    ``r = <correlation>`` under each pair. Returns ``(figure, {class: {layer: correlation}})``.
+    """
+    import torch
+
+    plt = pyplot()
+    y = torch.as_tensor(y)
+    present = sorted({int(c) for c in y.tolist()})
+    classes = present[:3] if classes is None else [int(c) for c in classes]
+    missing = [c for c in classes if c not in present]
+    if missing:
+        raise ValueError(f"no images of class(es) {missing}; classes present: {present}")
+    layers = morph_layers(model.depth, every)
+    figure, grid = plt.subplots(2 * len(classes), len(layers), figsize=(1.3 * len(layers) + 1.0, 2.9 * len(classes) + 0.8),
+                                squeeze=False)
+    correlations: Dict[int, Dict[int, float]] = {}
+    for k, target in enumerate(classes):
+        images = x[y == target][:max_images]
+        maps = morphing_maps(model, images, target, layers)
+        correlations[target] = {layer: maps[layer][2] for layer in layers}
+        name = class_names[target] if class_names else str(target)
+        for j, layer in enumerate(layers):
+            native, gradcam, r = maps[layer]
+            for row, image in ((2 * k, native), (2 * k + 1, gradcam)):
+                axes = grid[row, j]
+                scale = np.abs(image).max() or 1.0
+                axes.imshow(image / scale, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
+                axes.set_xticks([])
+                axes.set_yticks([])
+            text = "r = –" if r != r else f"r = {r:.2f}"
+            grid[2 * k + 1, j].set_xlabel(text, fontsize=8)
+            if k == 0:
+                grid[0, j].set_title(f"layer {layer}" + (" (last)" if layer == model.depth else ""), fontsize=7)
+        grid[2 * k, 0].set_ylabel(f"class {name}\nFA-CNN", fontsize=7)
+        grid[2 * k + 1, 0].set_ylabel(f"class {name}\nGrad-CAM", fontsize=7)
+    figure.suptitle("FA-CNN class maps (averaged over images) beside Grad-CAM at the same layer", fontsize=9)
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.35 / figure.get_figheight()))
+    return figure, correlations
+
+
+# --- from the store --------------------------------------------------------------------------
+def spec_from_identity(identity: Dict[str, Any]):
+    """The :class:`runners.train.TrainSpec` whose identity is ``identity`` (a cell's ``train``)."""
+    from runners.train import TrainSpec
+
+    parent = spec_from_identity(identity["parent"]) if identity.get("parent") else None
+    return TrainSpec(model=identity["model"], data=identity["data"], recipe=identity["recipe"],
+                     size=identity.get("size", "cpu"), model_args=identity.get("model_args") or {},
+                     seed=identity.get("seed", 0), parent=parent)
+
+
+@contextmanager
+def data_home(store: Path) -> Iterator[None]:
+    """Read decoded datasets from ``store`` when it holds a data cache (else the work directory)."""
+    from bench.storage import HOME_ENV
+
+    if not (Path(store) / "data").is_dir():
+        yield
+        return
+    saved = os.environ.get(HOME_ENV)
+    os.environ[HOME_ENV] = str(store)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(HOME_ENV, None)
+        else:
+            os.environ[HOME_ENV] = saved
+
+
+def load_checkpoint(result: Dict[str, Any], store: Path, dataset):
+    """The trained model of a cell result from ``store`` (never trains), or raise FileNotFoundError."""
+    from runners.train import load_trained
+
+    spec = spec_from_identity(result["cell"]["train"])
+    if not (spec.folder(store) / "record.json").exists():
+        raise FileNotFoundError(f"no checkpoint of {result['model']} at {spec.folder(store)}")
+    model, _ = load_trained(spec, store, dataset, device="cpu")
+    return model
+
+
+def scored_images(result: Dict[str, Any], store: Path):
+    """The dataset and the scored test images of a cell result (``runners.evaluate.evaluation_images``)."""
+    from data import load_dataset
+    from runners.evaluate import evaluation_images
+
+    cell = result["cell"]
+    with data_home(store):
+        dataset = load_dataset(cell["train"]["data"])
+    return dataset, evaluation_images(dataset, int(cell["num_images"]), int(cell.get("eval_seed", 0)))
+
+
+def first_seed(results: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    seeds = sorted({r.get("seed", 0) for r in results})
+    return [r for r in results if r.get("seed", 0) == seeds[0]] if seeds else []
+
+
+def saliency_grid_from_store(results: Sequence[Dict[str, Any]], store: Path, count: int = 4,
+                             skip_explainers: Sequence[str] = ("random",)):
+    """The saliency grid of the results' models and explainers (first seed), maps recomputed for
+    the true class from the checkpoints in ``store``. Returns ``(figure, notes)``."""
+    import torch
+
+    from explainers import EXPLAINERS
+    from runners.leaderboard import explainer_label
+
+    cells = [r for r in chosen_layer(first_seed(results)) if r.get("cell") and r["explainer"] not in skip_explainers]
+    if not cells:
+        raise ValueError("no cells with a map to show (random maps are left out)")
+    pairs: Dict[Tuple[str, str], Dict[str, Any]] = {}
+    for result in sorted(cells, key=lambda r: (r["model"], explainer_label(r))):
+        pairs.setdefault((result["model"], explainer_label(result)), result)
+    dataset, images = scored_images(cells[0], store)
+    chosen = pick_images(images["y"].tolist(), count)
+    x, y = images["x"][chosen], images["y"][chosen]
+    columns, notes, models = [], [], {}
+    for (model_name, label), result in pairs.items():
+        if model_name not in models:
+            try:
+                models[model_name] = load_checkpoint(result, store, dataset)
+            except Exception as error:  # one model's missing checkpoint leaves the others drawn
+                models[model_name] = None
+                notes.append(f"{model_name}: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
+        model = models[model_name]
+        if model is None:
+            continue
+        try:
+            explainer = EXPLAINERS.create(result["explainer"], **(result["cell"].get("explainer_args") or {}))
+            if not explainer.applies_to(model):
+                continue
+            maps = explainer(model, x, y).detach().float().cpu().numpy()
+            columns.append((f"{model_name}\n{label}", maps))
+        except Exception as error:
+            notes.append(f"{model_name}/{label}: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
+    if not columns:
+        raise FileNotFoundError("; ".join(notes) or "no maps")
+    names = [f"{dataset.classes[int(c)]}" if dataset.classes else str(int(c)) for c in y]
+    figure = saliency_grid(x.numpy(), names, columns,
+                           title=f"Saliency maps for the true class on {cells[0].get('data')} "
+                                 "(each map scaled by its largest absolute value)")
+    return figure, notes
+
+
+def fa_cnn_cells(results: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """First-seed cells of the FA-CNN family (``fa_cnn`` first), the morphing figure's candidates."""
+    from zoo import MODELS
+
+    cells = [r for r in first_seed(results) if r.get("cell") and
+             r.get("model") in MODELS.list() and MODELS.info(r["model"]).get("family") == "fa_cnn"]
+    return sorted(cells, key=lambda r: (r["model"] != "fa_cnn", r["model"], str(r.get("key"))))
+
+
+def morphing_from_store(results: Sequence[Dict[str, Any]], store: Path, count: int = 3):
+    """The morphing figure of the results' FA-CNN (first seed) from its checkpoint in ``store``."""
+    candidates = fa_cnn_cells(results)
+    if not candidates:
+        raise ValueError("no FA-CNN cells in these results")
+    dataset, images = scored_images(candidates[0], store)
+    for result in candidates:
+        model = load_checkpoint(result, store, dataset)
+        if getattr(model, "head", None) == "pool":
+            figure, correlations = morphing_figure(model, images["x"], images["y"],
+                                                   classes=sorted(set(images["y"].tolist()))[:count],
+                                                   class_names=dataset.classes)
+            return figure, correlations, result["model"]
+    raise ValueError("no FA-CNN with the pooling head in these results")
+
+
+def write_figure(folder: Path, name: str, figure) -> Dict[str, Path]:
+    return {kind: atomic_write_bytes(Path(folder) / f"{name}.{kind}", data) for kind, data in render(figure).items()}
+
+
+def code_version() -> str:
+    """A hash of the code that draws the figures (this file and the leaderboard's tables)."""
+    from bench.storage import stable_hash
+
+    here = Path(__file__).resolve().parent
+    return stable_hash([(here / name).read_text() for name in ("figures.py", "leaderboard.py")])
+
+
+class FigureCache:
+    """``figures.json`` in a results folder: per figure, the hash of its inputs and of the drawing
+    code, its title, caption and files. A figure whose inputs and code are unchanged and whose
+    files exist is reused, so a sweep's rerun does not reload every model to redraw the maps."""
+
+    def __init__(self, folder: Path, reuse: bool = True) -> None:
+        from bench.storage import read_json
+
+        self.folder = Path(folder)
+        self.path = self.folder / "figures.json"
+        self.old = read_json(self.path) if reuse and self.path.exists() else {}
+        self.new: Dict[str, Any] = {}
+        self.version = code_version()
+
+    def get(self, name: str, inputs: Any, make) -> Drawn:
+        """The figure ``name`` drawn by ``make() -> (Drawn, notes)``, or reused; returns (Drawn, notes)."""
+        from bench.storage import stable_hash
+
+        key = stable_hash([self.version, inputs], 16)
+        entry = self.old.get(name)
+        if (entry and entry.get("key") == key and not entry.get("notes")
+                and all((self.folder / f).exists() for f in entry.get("files", {}).values())):
+            self.new[name] = entry
+            files = {kind: self.folder / f for kind, f in entry["files"].items()}
+            return Drawn(name, entry["title"], entry["caption"], files, entry.get("extra", {})), []
+        drawn, notes = make()
+        self.new[name] = {"key": key, "title": drawn.title, "caption": drawn.caption, "extra": drawn.extra,
+                          "files": {kind: path.name for kind, path in drawn.files.items()}, "notes": notes}
+        return drawn, notes
+
+    def save(self) -> None:
+        import json
+
+        atomic_write_bytes(self.path, (json.dumps(self.new, indent=2, sort_keys=True) + "\n").encode())
+
+
+def write_figures(results: Sequence[Dict[str, Any]], folder: Path, store: Optional[Path] = None,
+                  layer: Optional[int] = None, reuse: bool = True) -> Tuple[List[Drawn], List[str]]:
+    """Every figure the results allow, PNG and SVG in ``folder``; returns ``(drawn, skipped)``,
+    ``skipped`` being one line per figure left out and why. ``reuse``: keep a figure whose inputs
+    and drawing code are unchanged (``figures.json``)."""
+    from bench.storage import work_dir
+
+    results = sorted(results, key=lambda r: (str(r.get("model")), str(r.get("explainer")), str(r.get("label")),
+                                             str(r.get("seed")), str(r.get("key"))))
+    store = work_dir(None) if store is None else Path(store)
+    cache = FigureCache(folder, reuse)
+    drawn: List[Drawn] = []
+    skipped: List[str] = []
+
+    def add(name: str, inputs: Any, make) -> None:
+        try:
+            figure, notes = cache.get(name, inputs, make)
+        except Exception as error:  # a figure that cannot be drawn is reported, the others go on
+            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            skipped.append(f"{name}: {message}")
+            return
+        drawn.append(figure)
+        skipped.extend(f"{name}: {note}" for note in notes)
+
+    with_curves = [r for r in results if r.get("curve")]
+    plain_labels = sorted({r["label"] for r in with_curves if r.get("metric") not in INSERTION_DELETION})
+    for label in plain_labels:
+        name = f"{safe_name(label)}_curves"
+        metric = next(r["metric"] for r in with_curves if r["label"] == label)
+        caption = (f"Mean {label} curves, one panel per explainer, one line per model; each model's "
+                   "random-baseline curve dashed in the model's colour.")
+        if metric == "pixel_removal":
+            caption = ("Top-1 accuracy against the percentage of pixels replaced by the dataset mean "
+                       "in saliency order (the FA-CNN paper's Figure 4). " + caption)
+        chosen = [r for r in with_curves if r["label"] == label]
+        add(name, [layer, chosen], lambda name=name, label=label, caption=caption: (
+            Drawn(name, f"{label} curves", caption, write_figure(folder, name, curves_figure(results, [label], layer))),
+            []))
+    ordered = [r["label"] for m in INSERTION_DELETION for r in with_curves if r.get("metric") == m]
+    insertion_deletion = list(dict.fromkeys(ordered))
+    if insertion_deletion:
+        chosen = [r for r in with_curves if r["label"] in insertion_deletion]
+        add("insertion_deletion", [layer, chosen], lambda: (Drawn(
+            "insertion_deletion", "Insertion and deletion curves",
+            "Insertion and deletion curves, one panel each (a row per explainer), one line per model; each "
+            "model's random-baseline curve dashed in the model's colour.",
+            write_figure(folder, "insertion_deletion",
+                         curves_figure(results, insertion_deletion, layer, title="Insertion and deletion"))), []))
+    else:
+        skipped.append("insertion_deletion: no insertion or deletion cells with curves")
+    if results:
+        add("accuracy_vs_faithfulness", results, lambda: (Drawn(
+            "accuracy_vs_faithfulness", "Accuracy against faithfulness",
+            "Each model's test accuracy against each metric's mean (error bars: the leaderboard's 95 % "
+            "interval); colour: model, marker: explainer.",
+            write_figure(folder, "accuracy_vs_faithfulness", accuracy_figure(results))), []))
+
+    def saliency():
+        figure, notes = saliency_grid_from_store(results, store)
+        return Drawn("saliency_grid", "Saliency maps",
+                     "A few scored test images of different classes, then each model's and explainer's map for "
+                     "the true class (the FA-CNN paper's Figures 1 and 5); every map scaled by its largest "
+                     "absolute value, one colour scale per row.",
+                     write_figure(folder, "saliency_grid", figure)), notes
+
+    def morphing():
+        figure, correlations, model_name = morphing_from_store(results, store)
+        last = [per[max(per)] for per in correlations.values()]
+        return Drawn("fa_cnn_morphing", "FA-CNN layer-by-layer morphing",
+                     f"{model_name}'s class maps averaged over the scored test images of a class, at each layer, "
+                     "beside Grad-CAM at the same layer (no ReLU); r: Pearson correlation of the pair. At the last "
+                     "layer, which feeds the pooling head, Grad-CAM is the class map over h * w (Theorem 1): r = "
+                     + ", ".join(f"{v:.2f}" for v in last) + ".",
+                     write_figure(folder, "fa_cnn_morphing", figure),
+                     extra={"correlations": {str(c): {str(k): v for k, v in per.items()}
+                                             for c, per in correlations.items()}}), []
+
+    first = first_seed(results)
+    add("saliency_grid", [r for r in first if r.get("explainer") != "random"], saliency)
+    add("fa_cnn_morphing", fa_cnn_cells(results), morphing)
+    skipped = [note if not note.startswith(("saliency_grid", "fa_cnn_morphing")) else f"{note} (store {store})"
+               for note in skipped]
+    cache.save()
+    return drawn, skipped

@@ -5,14 +5,40 @@ if a previous run stopped part-way), then computes each of its cells that has no
 yet. The model is loaded once for all of its cells; each cell still gets its own result file.
 A cell that raises is reported and the job goes on with the next. Cells that explain the
 same images with the same explainer are computed as a suite that shares forward passes.
+
+A job holds a lock on each cell it is about to compute (``<store>/locks/``), so two sweeps that
+share cells, running at the same time, never compute or write the same cell twice: the second
+waits for the first and then finds the result. With ``launcher=slurm`` the training and the
+evaluation are separate tasks (:class:`TrainJob`, then :class:`ModelJob` with ``train=False``).
+Both are checkpointable: on SLURM's preemption or time-limit signal submitit requeues the same
+job, which resumes from its files (training from the last finished epoch, evaluation at the next
+missing cell).
 """
 from __future__ import annotations
 
+import fcntl
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional
 
 from runners.evaluate import Cell, run_cells
 from runners.train import TrainSpec, load_trained, train_model
+
+
+@contextmanager
+def claim_cells(cells: List[Cell], store: str) -> Iterator[List[Cell]]:
+    """Lock each cell without a result (in one global order, so that jobs never deadlock), then
+    yield those that still have none; the locks are held until the block ends."""
+    pending = [cell for cell in cells if not cell.path(store).exists()]
+    folder = Path(store) / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        for cell in sorted(pending, key=lambda cell: cell.path(store).name):
+            handle = stack.enter_context(open(folder / (cell.path(store).stem + ".lock"), "a"))
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            stack.callback(fcntl.flock, handle, fcntl.LOCK_UN)
+        yield [cell for cell in pending if not cell.path(store).exists()]
 
 
 @dataclass
@@ -23,6 +49,7 @@ class ModelJob:
     device: str = "auto"
     threads: Optional[int] = None
     progress: bool = True
+    train: bool = True  # False: the model must be trained already (an evaluation task on SLURM)
 
     def __call__(self) -> Dict[str, Any]:
         import torch
@@ -32,20 +59,51 @@ class ModelJob:
         if self.threads:
             torch.set_num_threads(self.threads)
         errors: Dict[str, str] = {}
-        pending = [cell for cell in self.cells if not cell.path(self.store).exists()]
-        if not pending:
-            record = train_model(self.spec, self.store, device=self.device, progress=self.progress)
-        else:
-            dataset = load_dataset(self.spec.data)
-            model, record = load_trained(self.spec, self.store, dataset, device=self.device,
-                                         progress=self.progress)
-            _, errors = run_cells(pending, self.store, device=self.device, progress=self.progress,
-                                  model=model, record=record, dataset=dataset)
+        if not self.train and not (self.spec.folder(self.store) / "record.json").exists():
+            raise RuntimeError(
+                f"{self.spec.model} (seed {self.spec.seed}) has no trained checkpoint in "
+                f"{self.spec.folder(self.store)}: its training task failed or was cancelled (see its log); "
+                "rerun the sweep to retry it")
+        with claim_cells(self.cells, self.store) as pending:
+            if not pending:
+                record = train_model(self.spec, self.store, device=self.device, progress=self.progress)
+            else:
+                dataset = load_dataset(self.spec.data)
+                model, record = load_trained(self.spec, self.store, dataset, device=self.device,
+                                             progress=self.progress)
+                _, errors = run_cells(pending, self.store, device=self.device, progress=self.progress,
+                                      model=model, record=record, dataset=dataset)
         return {"model": self.spec.model, "test_accuracy": record["test_accuracy"],
                 "train_seconds": record.get("train_seconds"), "errors": errors}
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         """On preemption or timeout submitit requeues the same job; it resumes from its files."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self)
+
+
+@dataclass
+class TrainJob:
+    """Train one model (or find its checkpoint); a SLURM training task."""
+    spec: TrainSpec
+    store: str
+    device: str = "auto"
+    threads: Optional[int] = None
+    progress: bool = False
+
+    def __call__(self) -> Dict[str, Any]:
+        import torch
+
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        record = train_model(self.spec, self.store, device=self.device, progress=self.progress)
+        return {"model": self.spec.model, "test_accuracy": record["test_accuracy"],
+                "train_seconds": record.get("train_seconds"), "errors": {},
+                "resumed_at_epochs": record.get("resumed_at_epochs", [])}
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        """Requeued on preemption or timeout; training resumes from the last finished epoch."""
         import submitit
 
         return submitit.helpers.DelayedSubmission(self)

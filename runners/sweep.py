@@ -115,13 +115,22 @@ def plan_sweep(cfg: DictConfig) -> Plan:
             explainer_objects[name] = EXPLAINERS.create(name, **plain(cfg.explainers.get(name, {})))
         except (TypeError, ValueError) as error:
             raise SweepConfigError(f"explainers.{name}: {error}") from None
+    metric_objects = {}
     for name in metrics:
         try:
-            METRICS.create(name, **plain(cfg.metrics.get(name, {})))
+            metric_objects[name] = METRICS.create(name, **plain(cfg.metrics.get(name, {})))
         except (TypeError, ValueError) as error:
             raise SweepConfigError(f"metrics.{name}: {error}") from None
 
     dataset = load_dataset(cfg.data)  # decodes once into the cache; jobs then only read it
+    if dataset.test.masks is None:  # localisation metrics need ground-truth object masks
+        unmasked = [name for name in metrics if metric_objects[name].needs_masks]
+        metrics = [name for name in metrics if name not in unmasked]
+        if not metrics:
+            raise SweepConfigError(f"metric {', '.join(unmasked)} needs ground-truth masks; data "
+                                   f"'{cfg.data.name}' has none (synthetic has)")
+    else:
+        unmasked = []
 
     def recipe_and_args(model_name: str):
         recipe_name = default_recipe_name(model_name)
@@ -169,7 +178,7 @@ def plan_sweep(cfg: DictConfig) -> Plan:
                     ))
             plan.specs[spec.key()] = spec
             plan.cells[spec.key()] = cells
-    plan.skipped = sorted(set(plan.skipped))
+    plan.skipped = sorted(set(plan.skipped)) + [f"{name} (data '{cfg.data.name}' has no masks)" for name in unmasked]
     return plan
 
 
@@ -189,6 +198,13 @@ def run_sweep(cfg: DictConfig) -> int:
     from runners.leaderboard import write_leaderboard
 
     began = time.time()
+    if cfg.launcher.name == "slurm":
+        from runners.launchers import check_slurm
+
+        problem = check_slurm(plain(cfg.launcher))
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
     plan = plan_or_report(cfg)
     if plan is None:
         return 2
@@ -222,18 +238,29 @@ def run_sweep(cfg: DictConfig) -> int:
                 for key in todo]
         if cfg.launcher.name == "debug":
             outcomes = run_debug(jobs, progress=bool(cfg.progress))
+        elif cfg.launcher.name == "slurm":
+            submitted = run_slurm_sweep(plan, store, sweep_dir, cfg)
+            if submitted is None:  # launcher.wait=false: the tasks run on; --status follows them
+                return 0
+            outcomes = submitted
         else:
             outcomes = run_local(jobs, sweep_dir / "jobs", max_parallel=int(cfg.launcher.max_parallel),
                                  timeout_min=float(cfg.launcher.timeout_min), progress=bool(cfg.progress))
 
     failures = []
+    failed_cells: Dict[str, Dict[str, Any]] = {}  # for --status: what went wrong, where the log is
     cell_names = {c.key(): f"{c.train.model}/{c.explainer}/{c.metric} ({c.path(store).name})" for c in cells}
     for outcome in outcomes:
         if not outcome.ok:
             failures.append(f"job {outcome.name} failed (log: {outcome.log}):\n{outcome.error}")
+            failed_cells.update({key: {"error": outcome.error, "log": outcome.log} for key in outcome.cells})
         else:
             for key, error in outcome.value["errors"].items():
-                failures.append(f"cell {cell_names.get(key, key)} failed:\n{error}")
+                log = f" (log: {outcome.log})" if outcome.log else ""
+                failures.append(f"cell {cell_names.get(key, key)} failed{log}:\n{error}")
+                failed_cells[key] = {"error": error, "log": outcome.log}
+    if failed_cells:
+        atomic_write_json(sweep_dir / "failures.json", failed_cells)
     results = [read_json(c.path(store)) for c in cells if c.path(store).exists()]
     if results:
         results_dir = Path(cfg.results_dir)
@@ -243,7 +270,7 @@ def run_sweep(cfg: DictConfig) -> int:
                  f"test images per cell (seeded sample), explaining the {cfg.profile.eval.target} class; "
                  "accuracy is top-1 on the whole test set. "
                  f"Commit `{git_commit()}`.")
-        written = write_leaderboard(results, results_dir, notes=notes)
+        written = write_leaderboard(results, results_dir, notes=notes, store=store, config=plain(cfg))
         for name, path in written.items():
             if name.endswith("leaderboard.md"):
                 print("\n" + path.read_text())
@@ -259,6 +286,173 @@ def run_sweep(cfg: DictConfig) -> int:
     return 0
 
 
+def slurm_stages(plan: Plan, store: Path, cfg: DictConfig) -> List[Any]:
+    """The SLURM job arrays of what is still to do: training, then evaluation.
+
+    Training: one task per model without a checkpoint (models derived from a parent in a second
+    array that waits for the first). Evaluation: the missing cells grouped per model and explainer
+    (``launcher.group_cells=explainer``, the default: the explainer's maps are computed once and its
+    metrics run as one suite that shares forward passes, while explainers run in parallel) or per
+    model (``group_cells=model``: fewer, longer tasks). The evaluation array waits for the training
+    arrays with an ``afterany`` dependency rather than ``afterok``: one model that fails to train must
+    not cancel the cells of the others; its own evaluation tasks stop at once with an error naming
+    the failed training task.
+    """
+    from runners.jobs import ModelJob, TrainJob
+    from runners.launchers import SlurmStage, SlurmTask
+
+    options = plain(cfg.launcher)
+    threads = options.get("threads_per_job") or options.get("cpus_per_task") or None
+    levels: Dict[int, List[Any]] = {}
+    untrained = [key for key, spec in plan.specs.items() if not (spec.folder(store) / "record.json").exists()]
+    for key in sorted(untrained, key=lambda key: -plan.cost[key]):  # longest first
+        spec = plan.specs[key]
+        levels.setdefault(spec.depth, []).append(SlurmTask(
+            f"train {spec.model}/seed{spec.seed}",
+            TrainJob(spec, str(store), device=cfg.device, threads=threads), model=key))
+    stages: List[Any] = []
+    for depth in sorted(levels):
+        stages.append(SlurmStage("train" if depth == 0 else f"train{depth}", levels[depth],
+                                 after=[stage.name for stage in stages]))
+    evaluation = []
+    for key, spec in plan.specs.items():
+        groups: Dict[str, List[Any]] = {}
+        for cell in plan.cells[key]:
+            if not cell.path(store).exists():
+                groups.setdefault(cell.explainer if options["group_cells"] == "explainer" else "", []).append(cell)
+        for explainer, group in groups.items():
+            evaluation.append(SlurmTask(
+                f"eval {spec.model}/seed{spec.seed}" + (f"/{explainer}" if explainer else ""),
+                ModelJob(spec, group, str(store), device=cfg.device, threads=threads, progress=False, train=False),
+                model=key, cells=[cell.key() for cell in group]))
+    stages.append(SlurmStage("eval", evaluation, after=[stage.name for stage in stages]))
+    return stages
+
+
+def run_slurm_sweep(plan: Plan, store: Path, sweep_dir: Path, cfg: DictConfig) -> "List[Any] | None":
+    """Submit what is missing as SLURM job arrays and wait for it; ``None`` with ``launcher.wait=false``.
+
+    Tasks of an earlier submission that SLURM still runs on these cells or models (the same sweep
+    started again, or another sweep sharing cells) are not submitted twice: the sweep waits for
+    them first, then submits only what is still missing.
+    """
+    from runners.launchers import (LIVE_STATES, SLURM_RECORD, array_id, read_slurm_records, slurm_states,
+                                   submit_slurm, wait_slurm)
+
+    options = plain(cfg.launcher)
+    ours = {cell.key() for cell in plan.all_cells} | set(plan.specs)
+    while True:  # until no earlier task runs on these cells (one may be submitting more meanwhile)
+        earlier = [entry for entry in read_slurm_records(store)
+                   if set(entry["cells"]) & ours or entry["model"] in ours]
+        states = slurm_states(entry["job_id"] for entry in earlier)
+        live = [entry for entry in earlier
+                if states.get(entry["job_id"], "") in LIVE_STATES and not Path(entry["result"]).exists()]
+        if not live:
+            break
+        arrays = ", ".join(sorted({array_id(entry["job_id"]) for entry in live}))
+        print(f"{len(live)} task(s) of an earlier submission (job {arrays}) still queued or running on "
+              "these cells: not submitted again; waiting for them")
+        if not options["wait"]:
+            return None
+        wait_slurm(live, poll_s=float(options["poll_s"]), progress=bool(cfg.progress))
+    stages = slurm_stages(plan, store, cfg)
+    if not any(stage.tasks for stage in stages):
+        return []
+    print(f"SLURM logs and submitit files: {sweep_dir / 'slurm'}")
+    entries = submit_slurm(stages, sweep_dir / "slurm", options, sweep_dir / SLURM_RECORD)
+    if not options["wait"]:
+        print("submitted; the same command with --status shows progress, and run again it collects "
+              "the results and writes the leaderboard")
+        return None
+    try:
+        return wait_slurm(entries, poll_s=float(options["poll_s"]), progress=bool(cfg.progress))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the tasks go on on SLURM (record {sweep_dir / SLURM_RECORD}); --status "
+              "shows them; the same command waits for them and collects the results", file=sys.stderr)
+        raise
+
+
+def sweep_status(cfg: DictConfig) -> int:
+    """``python runners/sweep.py <the sweep's arguments> --status``: each cell done, running, failed
+    or missing, read from the result files, from SLURM (squeue, sacct) for the tasks recorded under
+    ``<store>/sweeps/*/slurm.json``, and from the failures recorded by earlier runs."""
+    from bench.storage import read_json as load
+    from runners.launchers import LIVE_STATES, read_slurm_records, slurm_states, task_outcome
+
+    plan = plan_or_report(cfg)
+    if plan is None:
+        return 2
+    store = work_dir(cfg.store)
+    cells = plan.all_cells
+    keys = {cell.key() for cell in cells}
+    entries = [entry for entry in read_slurm_records(store)
+               if set(entry["cells"]) & keys or (entry["stage"].startswith("train") and entry["model"] in plan.specs)]
+    states = slurm_states(entry["job_id"] for entry in entries)
+    outcomes: Dict[str, Any] = {}
+
+    def outcome(entry: Dict[str, Any]) -> Any:
+        if entry["job_id"] not in outcomes:
+            outcomes[entry["job_id"]] = task_outcome(entry, states.get(entry["job_id"], ""), patience_s=0.0)
+        return outcomes[entry["job_id"]]
+
+    def live(entry: Dict[str, Any]) -> bool:
+        return states.get(entry["job_id"], "") in LIVE_STATES and not Path(entry["result"]).exists()
+
+    recorded: Dict[str, Any] = {}  # cell key -> (time, failure) from the runs' failures.json
+    for path in sorted(store.glob("sweeps/*/failures.json"), key=lambda path: path.stat().st_mtime):
+        for key, failure in load(path).items():
+            recorded[key] = (path.stat().st_mtime, failure)
+
+    counts = {"done": 0, "running": 0, "failed": 0, "missing": 0}
+    lines: List[str] = []
+    for cell in cells:
+        name = f"{cell.train.model}/seed{cell.train.seed}/{cell.explainer}/{cell.metric}"
+        if cell.path(store).exists():
+            counts["done"] += 1
+            continue
+        tasks = [entry for entry in entries if cell.key() in entry["cells"]
+                 or (entry["stage"].startswith("train") and entry["model"] == cell.train.key())]
+        running = [entry for entry in tasks if live(entry)]
+        if running:
+            counts["running"] += 1
+            lines.append(f"running  {name}: " + ", ".join(
+                f"{entry['name']} job {entry['job_id']} {states[entry['job_id']]}" for entry in running))
+            continue
+        evaluated = [entry for entry in tasks if cell.key() in entry["cells"]]
+        latest = evaluated[-1] if evaluated else None
+        failure = None
+        if latest is not None:
+            result = outcome(latest)
+            if not result.ok:
+                failure = (latest["submitted"], {"error": result.error, "log": result.log}, latest["job_id"])
+            elif cell.key() in result.value.get("errors", {}):
+                failure = (latest["submitted"], {"error": result.value["errors"][cell.key()], "log": result.log},
+                           latest["job_id"])
+        if cell.key() in recorded and (failure is None or recorded[cell.key()][0] > failure[0]):
+            failure = (*recorded[cell.key()], None)
+        if failure is None:
+            counts["missing"] += 1
+            lines.append(f"missing  {name}")
+            continue
+        counts["failed"] += 1
+        _, info, job = failure
+        where = (f"job {job} {states.get(job, '')}".rstrip() + ", " if job else "") + f"log {info.get('log')}"
+        lines.append(f"failed   {name} ({where}):")
+        lines.extend("    " + line for line in str(info.get("error", "")).splitlines())
+    trainings = {entry["model"]: entry for entry in entries if entry["stage"].startswith("train")}
+    for entry in trainings.values():  # the latest training of a model still without a checkpoint
+        spec = plan.specs[entry["model"]]
+        if not live(entry) and not (spec.folder(store) / "record.json").exists() and not outcome(entry).ok:
+            lines.append(f"training {entry['name']} failed (job {entry['job_id']} "
+                         f"{states.get(entry['job_id'], '')}, log {entry['stderr']}):".replace(" ,", ","))
+            lines.extend("    " + line for line in outcome(entry).error.splitlines())
+    print(f"sweep status: {len(cells)} cells: {counts['done']} done, {counts['running']} running, "
+          f"{counts['failed']} failed, {counts['missing']} missing (store {store})")
+    for line in lines:
+        print(line)
+    return 0
+
+
 def group_options() -> Dict[str, List[str]]:
     """The options of each config group: datasets from the registry, the rest from YAML files."""
     options = {"data": DATASETS.list()}
@@ -268,15 +462,21 @@ def group_options() -> Dict[str, List[str]]:
 
 
 def check_group_overrides(arguments: Sequence[str]) -> None:
-    """Reject ``data=``, ``profile=`` or ``launcher=`` with an unknown option in one line (exit 2)."""
+    """Reject ``data=``, ``profile=`` or ``launcher=`` with an unknown option in one line (exit 2).
+
+    A multirun's comma-separated choices (``-m data=cifar10,cifar100``) are checked one by one.
+    """
     options = group_options()
     for argument in arguments:
         key, separator, value = argument.partition("=")
         group = key.lstrip("+~")
-        if separator and group in options and value not in options[group]:
-            print(f"error: {group}={value}: unknown {group}; valid choices: {', '.join(options[group])}",
-                  file=sys.stderr)
-            sys.exit(2)
+        if not separator or group not in options:
+            continue
+        for choice in value.split(",") if "," in value else [value]:
+            if choice not in options[group]:
+                print(f"error: {group}={choice}: unknown {group}; valid choices: {', '.join(options[group])}",
+                      file=sys.stderr)
+                sys.exit(2)
 
 
 def hydra_entry(task: Callable[[DictConfig], int]) -> None:
@@ -296,7 +496,12 @@ def hydra_entry(task: Callable[[DictConfig], int]) -> None:
 
 
 def main() -> None:
-    hydra_entry(run_sweep)
+    """``python runners/sweep.py <overrides>`` runs the sweep; with ``--status`` it reports on it."""
+    if "--status" in sys.argv[1:]:
+        sys.argv.remove("--status")
+        hydra_entry(sweep_status)
+    else:
+        hydra_entry(run_sweep)
 
 
 if __name__ == "__main__":

@@ -235,11 +235,14 @@ def _train(spec: TrainSpec, store: Path, folder: Path, device: str, progress: bo
     steps_per_epoch = math.ceil(n / batch)
     total_steps = steps_per_epoch * int(recipe["epochs"])
     start_epoch, history, seconds = 0, [], 0.0
+    resumed = []  # the epochs at which an interrupted run (preempted, timed out) went on
     if resume:
         state = torch.load(folder / "last.pt", map_location=torch_device, weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, history, seconds = state["epoch"], state["history"], state["seconds"]
+        resumed = state.get("resumed_at_epochs", []) + [start_epoch]
+        print(f"{spec.model}: resuming after epoch {start_epoch} from {folder / 'last.pt'}", flush=True)
 
     for epoch in range(start_epoch, int(recipe["epochs"])):
         if stop_after_epochs is not None and epoch - start_epoch >= stop_after_epochs:
@@ -275,7 +278,7 @@ def _train(spec: TrainSpec, store: Path, folder: Path, device: str, progress: bo
         history.append({"epoch": epoch + 1, "loss": loss_sum / seen, "train_accuracy": correct / seen})
         atomic_torch_save(
             {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-             "history": history, "seconds": seconds},
+             "history": history, "seconds": seconds, "resumed_at_epochs": resumed},
             folder / "last.pt",
         )
 
@@ -286,6 +289,7 @@ def _train(spec: TrainSpec, store: Path, folder: Path, device: str, progress: bo
         "history": history, "train_seconds": round(seconds, 1), "device": str(torch_device),
         "parameters": sum(p.numel() for p in model.parameters()),
         "trained_parameters": sum(p.numel() for p in model.trainable_parameters()), "finished": True,
+        "resumed_at_epochs": resumed,
     }
     atomic_torch_save({"model": model.state_dict(), "record": record}, folder / "model.pt")
     atomic_write_json(folder / "record.json", record)  # last: marks the checkpoint complete

@@ -99,7 +99,7 @@ def test_the_script_reports_bad_names_and_exits_non_zero(tmp_path):
 
 @pytest.mark.parametrize("argument, message", [
     ("data=cifar11", "error: data=cifar11: unknown data; valid choices: cifar10, cifar100, imagefolder, synthetic"),
-    ("launcher=slurmm", "error: launcher=slurmm: unknown launcher; valid choices: debug, local"),
+    ("launcher=slurmm", "error: launcher=slurmm: unknown launcher; valid choices: debug, local, slurm"),
     ("profile=gpu", "error: profile=gpu: unknown profile; valid choices: cpu, paper"),
 ])
 def test_the_script_rejects_unknown_group_options_on_one_line(tmp_path, argument, message):
@@ -203,4 +203,6 @@ def test_a_failing_cell_leaves_the_others_done_and_the_exit_status_says_so(tmp_p
     assert "cell fa_cnn/random/always_fails (fa_cnn__random__always_fails-" in captured.err
     assert "1 of 2 cells failed or are missing" in captured.err
     board = pd.read_csv(tmp_path / "results" / "synthetic" / "leaderboard.csv")
-    assert board.columns.tolist() == ["model", "explainer", "accuracy", "pixel_removal"]
+    assert board.columns.tolist() == [
+        "model", "explainer", "seeds", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "pixel_removal",
+        "pixel_removal_ci_low", "pixel_removal_ci_high", "pixel_removal_rank", "mean_rank", "interval"]
