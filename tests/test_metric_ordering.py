@@ -20,6 +20,22 @@ NOT_ORDERED = {
     # both model-independent, so neither changes under randomisation.
     "model_randomisation",
 }
+REVERSED = {
+    # Measured findings on this data, asserted so that a change shows up. Blacking out the
+    # shape leaves its black silhouette on the textured background, which this model still
+    # reads, while black noise pixels spread over the image destroy it faster: removal to a
+    # zero baseline ranks noise above the true mask (with the dataset mean as the baseline,
+    # ``deletion(baseline=mean)``, the mask wins).
+    "deletion": "black silhouette of the removed shape stays recognisable",
+    "pixel_flipping": "black silhouette of the removed shape stays recognisable",
+    # Average drop keeps x * S: the mask keeps about 13 % of the image, noise keeps half of every
+    # pixel on average, and AD favours dense maps.
+    "average_drop": "AD favours dense maps; the mask keeps about 13 % of the image",
+    # Pearson correlation of each row-sized group's summed saliency with the drop from blacking
+    # that group out alone: with a binary mask most groups hold no mask pixels at all, and
+    # blacking a few shape pixels changes this model's output little (the silhouette again).
+    "faithfulness_estimate": "binary mask, black baseline: silhouette effect",
+}
 
 
 @pytest.fixture(scope="module")
@@ -51,4 +67,7 @@ def test_the_true_mask_beats_noise_in_the_metrics_direction(scored, name):
         scores[kind] = float(per_image.nanmean())
     better = scores["oracle"] > scores["random"] if metric.higher_is_better else scores["oracle"] < scores["random"]
     direction = "higher" if metric.higher_is_better else "lower"
+    if name in REVERSED:
+        assert not better, f"{name} now ranks the mask above noise; remove it from REVERSED"
+        return
     assert better, f"{name} ({direction} is better): oracle {scores['oracle']:.4f}, random {scores['random']:.4f}"
