@@ -12,7 +12,9 @@ same batches) alone. ``ours/floor`` near 1 means the metric costs what its forwa
 cost. Then the suite: all metrics on one shared batch context (forward passes of identical
 perturbed images computed once) against the sum of the metrics run one by one.
 
-Timings are the best of ``--repeats`` runs. Writes a markdown table to ``--out``.
+Timings are the best of ``--repeats`` runs. Writes a markdown table to ``--out``. With
+``--chunks``, first measures the forward throughput of a few zoo models at several images per
+pass (the ``Batch.chunk`` the engine uses on this device was chosen from it).
 """
 from __future__ import annotations
 
@@ -54,6 +56,27 @@ def load_images(args):
     return dataset, to_float(split.images), split.labels, split.masks
 
 
+def chunk_table(device: str, repeats: int) -> list:
+    """Forward images per second of CPU-size zoo models at several images per pass."""
+    from zoo import create_model
+
+    sizes = [16, 32, 64, 128, 256, 1024]
+    config = {"num_classes": 10, "input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.25,) * 3}
+    x = torch.rand(2048, 3, 32, 32, device=device)
+    lines = ["| model | " + " | ".join(f"{c} / pass" for c in sizes) + " |", "|---|" + "---:|" * len(sizes)]
+    for name in ["resnet18", "fa_cnn", "vanilla_cnn", "bcos_cnn"]:
+        model = create_model(name, size="cpu", **config).eval().to(device)
+        cells = []
+        with torch.no_grad():
+            for chunk in sizes:
+                model(x[:chunk])
+                seconds, _ = best_time(lambda: [model(x[s : s + chunk]) for s in range(0, len(x), chunk)], repeats)
+                cells.append(f"{len(x) / seconds:.0f}")
+        print(f"{name:12s} " + "  ".join(f"{c}:{v}" for c, v in zip(sizes, cells)) + " img/s", flush=True)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=16)
@@ -63,6 +86,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--metrics", default="all", help="comma-separated metric names, or all")
     parser.add_argument("--out", default="results/benchmarks/metrics_vs_quantus.md")
+    parser.add_argument("--chunks", action="store_true", help="also measure forward throughput per images per pass")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
 
@@ -73,6 +97,7 @@ def main() -> None:
     from metrics.base import Batch
     from zoo import create_model
 
+    chunk_lines = chunk_table(args.device, args.repeats) if args.chunks else []
     torch.manual_seed(0)
     dataset, x, y, masks = load_images(args)
     model = create_model("resnet18", size="cpu", **dataset.model_config()).eval().to(args.device)
@@ -118,24 +143,34 @@ def main() -> None:
               + f"   ours/floor {ours_s / max(floor_s, 1e-9):5.2f}"
               + (f"   quantus/floor {quantus_s / max(floor_s, 1e-9):6.2f}" if quantus_s else ""), flush=True)
 
-    def run_suite():
+    def run_suite(members):
         batch = Batch(model, x, y, saliency, target=target, masks=masks)
-        for name in suite_members:
+        for name in members:
             METRICS.create(name).compute(batch)
         return batch.forward_images
 
-    suite_s, suite_forwards = best_time(run_suite, args.repeats)
-    alone_s = sum(r["ours_s"] for r in rows)
-    alone_forwards = sum(r["forwards"] for r in rows)
-    print(f"suite of {len(suite_members)} metrics: shared {suite_s:.3f} s ({suite_forwards} forward images), "
-          f"one by one {alone_s:.3f} s ({alone_forwards} forward images): {alone_s / suite_s:.2f}x")
+    # all metrics, then the family whose perturbed images coincide (removal in saliency order)
+    family = [m for m in ("deletion", "pixel_flipping", "average_drop", "average_gain", "average_increase")
+              if m in suite_members]
+    suites = []
+    for label, members in (("all", suite_members), ("removal family", family)):
+        if len(members) < 2:
+            continue
+        suite_s, suite_forwards = best_time(lambda: run_suite(members), args.repeats)
+        alone = [r for r in rows if r["metric"] in members]
+        alone_s, alone_forwards = sum(r["ours_s"] for r in alone), sum(r["forwards"] for r in alone)
+        suites.append((label, members, suite_s, suite_forwards, alone_s, alone_forwards))
+        print(f"suite '{label}' of {len(members)} metrics: shared {suite_s:.3f} s ({suite_forwards} forward images), "
+              f"one by one {alone_s:.3f} s ({alone_forwards} forward images): {alone_s / suite_s:.2f}x")
 
     header = (f"Command: `.venv/bin/python benchmarks/metrics_vs_quantus.py --images {args.images} "
-              f"--repeats {args.repeats} --data {args.data} --device {args.device}`  \n"
+              f"--repeats {args.repeats} --data {args.data} --device {args.device}"
+              f"{' --chunks' if args.chunks else ''}`  \n"
               f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
               f"device {args.device}; torch {torch.__version__}, quantus {quantus.__version__}.  \n"
               f"Model: quarter-width ResNet-18 (random weights), {n} {args.data if masks is None or args.data == 'synthetic' else args.data} "
-              f"test images, Grad-CAM saliency; best of {args.repeats}.\n")
+              f"test images, Grad-CAM saliency; best of {args.repeats}; the engine runs "
+              f"{Batch(model, x, y, saliency).chunk} images per forward pass on this device.\n")
     lines = [header, "| metric | forward images | ours img/s | Quantus img/s | speed-up | ours / floor | Quantus / floor |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -144,10 +179,15 @@ def main() -> None:
                      + (f"{n / q:.1f} | {q / r['ours_s']:.2f}x | " if q else "– | – | ")
                      + f"{r['ours_s'] / max(r['floor_s'], 1e-9):.2f} | "
                      + (f"{q / max(r['floor_s'], 1e-9):.2f} |" if q else "– |"))
-    lines.append("")
-    lines.append(f"Suite (`metric=all` on one shared batch, {len(suite_members)} metrics): {suite_s:.3f} s and "
-                 f"{suite_forwards} forward images, against {alone_s:.3f} s and {alone_forwards} forward images "
-                 f"one by one ({alone_s / suite_s:.2f}x).")
+    lines += ["", "| suite (one shared batch) | metrics | shared: s | shared: forward images | one by one: s "
+              "| one by one: forward images | one by one / shared |", "|---|---|---:|---:|---:|---:|---:|"]
+    for label, members, suite_s, suite_forwards, alone_s, alone_forwards in suites:
+        lines.append(f"| {label} | {len(members) if label == 'all' else ', '.join(members)} | {suite_s:.3f} | "
+                     f"{suite_forwards} | {alone_s:.3f} | {alone_forwards} | {alone_s / suite_s:.2f}x |")
+    if chunk_lines:
+        lines += ["", f"Forward throughput (images per second, best of {args.repeats}) of randomly initialised "
+                  f"CPU-size zoo models on 2048 random 32-pixel images, by images per pass, device {args.device}:",
+                  ""] + chunk_lines
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")

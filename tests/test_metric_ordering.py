@@ -29,7 +29,9 @@ REVERSED = {
     "deletion": "black silhouette of the removed shape stays recognisable",
     "pixel_flipping": "black silhouette of the removed shape stays recognisable",
     # Average drop keeps x * S: the mask keeps about 13 % of the image, noise keeps half of every
-    # pixel on average, and AD favours dense maps.
+    # pixel on average, and AD favours dense maps. The order is close and depends on the images:
+    # on these 64 noise wins (80.9 % against 87.2 %), on their first 32 the mask does (80.4 %
+    # against 86.1 %).
     "average_drop": "AD favours dense maps; the mask keeps about 13 % of the image",
     # Pearson correlation of each row-sized group's summed saliency with the drop from blacking
     # that group out alone: with a binary mask most groups hold no mask pixels at all, and

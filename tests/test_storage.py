@@ -1,7 +1,9 @@
-"""Storage helpers: the git commit stamped on results."""
+"""Storage helpers: the git commit stamped on results, atomic writes."""
+import os
+import stat
 import subprocess
 
-from bench.storage import git_commit
+from bench.storage import atomic_write_text, git_commit
 
 
 def test_git_commit_is_dirty_for_code_changes_but_not_for_results(tmp_path):
@@ -21,3 +23,12 @@ def test_git_commit_is_dirty_for_code_changes_but_not_for_results(tmp_path):
     assert git_commit(tmp_path) == head
     (tmp_path / "model.py").write_text("x = 2\n")
     assert git_commit(tmp_path) == head + "-dirty"
+
+
+def test_atomic_writes_get_the_mode_a_plain_write_gets(tmp_path):
+    plain = tmp_path / "plain.txt"
+    plain.write_text("a\n")
+    atomic = atomic_write_text(tmp_path / "atomic.txt", "a\n")
+    mode = stat.S_IMODE(os.stat(atomic).st_mode)
+    assert mode == stat.S_IMODE(os.stat(plain).st_mode), oct(mode)
+    assert atomic.read_text() == "a\n" and [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
