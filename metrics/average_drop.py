@@ -24,7 +24,7 @@ from typing import Dict
 import torch
 
 from metrics import METRICS
-from metrics.base import Batch, Metric
+from metrics.base import Batch, Metric, divide_or
 
 MAP_KEY = ("explanation_map", "minmax")
 
@@ -34,9 +34,7 @@ def minmax(saliency: torch.Tensor) -> torch.Tensor:
     flat = saliency.reshape(saliency.shape[0], -1)
     low = flat.min(1, keepdim=True).values
     span = flat.max(1, keepdim=True).values - low
-    scaled = torch.where(span > 0, (flat - low) / torch.where(span > 0, span, torch.ones_like(span)),
-                         torch.zeros_like(flat))
-    return scaled.view_as(saliency)
+    return divide_or(flat - low, span, 0.0).view_as(saliency)
 
 
 def explanation_map_images(batch: Batch) -> torch.Tensor:
@@ -67,9 +65,7 @@ class AverageDrop(_MapMetric):
     @torch.no_grad()
     def compute(self, batch: Batch) -> Dict[str, torch.Tensor]:
         y, o = probabilities_on_map(batch)
-        drop = (y - o).clamp(min=0)
-        score = torch.where(y > 0, drop / torch.where(y > 0, y, torch.ones_like(y)), torch.zeros_like(y))
-        return {"score": 100.0 * score}
+        return {"score": 100.0 * divide_or((y - o).clamp(min=0), y, 0.0)}
 
 
 @METRICS.register("average_gain")
@@ -83,10 +79,7 @@ class AverageGain(_MapMetric):
     @torch.no_grad()
     def compute(self, batch: Batch) -> Dict[str, torch.Tensor]:
         y, o = probabilities_on_map(batch)
-        gain, room = (o - y).clamp(min=0), 1 - y
-        score = torch.where(room > 0, gain / torch.where(room > 0, room, torch.ones_like(room)),
-                            torch.zeros_like(y))
-        return {"score": 100.0 * score}
+        return {"score": 100.0 * divide_or((o - y).clamp(min=0), 1 - y, 0.0)}
 
 
 @METRICS.register("average_increase")

@@ -32,6 +32,14 @@ CPU_CHUNK = 64
 DEVICE_CHUNK = 1024
 
 
+def divide_or(numerator: torch.Tensor, denominator: torch.Tensor, otherwise: float) -> torch.Tensor:
+    """``numerator / denominator`` where the denominator is non-zero, ``otherwise`` where it is zero
+    or NaN; the zero entries are never divided by."""
+    valid = denominator.abs() > 0
+    quotient = numerator / torch.where(valid, denominator, torch.ones_like(denominator))
+    return torch.where(valid, quotient, torch.full_like(quotient, otherwise))
+
+
 def saliency_rank(saliency: torch.Tensor, descending: bool) -> torch.Tensor:
     """Rank of each pixel ``[B, H*W]`` (0 = first); ties go to the lower pixel index."""
     flat = saliency.reshape(saliency.shape[0], -1)

@@ -26,7 +26,7 @@ from typing import Any, Dict, Tuple
 import torch
 
 from metrics import METRICS
-from metrics.base import Batch, Metric
+from metrics.base import Batch, Metric, divide_or
 
 SIGNS = ("raw", "abs", "positive")
 
@@ -115,8 +115,7 @@ class RelevanceMass(_Localisation):
 
     def score(self, batch: Batch, values: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         inside, total = (values * masks).sum(1), values.sum(1)
-        return torch.where(total != 0, inside / torch.where(total != 0, total, torch.ones_like(total)),
-                           torch.full_like(total, float("nan")))
+        return divide_or(inside, total, float("nan"))
 
 
 @METRICS.register("relevance_rank")

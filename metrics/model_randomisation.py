@@ -47,7 +47,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from metrics import METRICS
-from metrics.base import Batch, Metric
+from metrics.base import Batch, Metric, divide_or
 
 
 def average_ranks(values: torch.Tensor) -> torch.Tensor:
@@ -71,8 +71,7 @@ def spearman(a: torch.Tensor, b: torch.Tensor, constant: float = float("nan")) -
     ra, rb = average_ranks(a.to(torch.float64)), average_ranks(b.to(torch.float64))
     ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
     denominator = (ra.square().sum(1) * rb.square().sum(1)).sqrt()
-    return torch.where(denominator > 0, (ra * rb).sum(1) / torch.where(denominator > 0, denominator, 1.0),
-                       torch.full_like(denominator, constant))
+    return divide_or((ra * rb).sum(1), denominator, constant)
 
 
 def randomisable_layers(model: torch.nn.Module) -> List[Tuple[str, torch.nn.Module]]:

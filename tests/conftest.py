@@ -41,3 +41,21 @@ def calibrate(model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
     for m, momentum in zip(norms, saved):
         m.momentum = momentum
     return model.eval()
+
+
+def random_fa_cnn(depth=6, channels=20, num_classes=10, seed=0, weight_scale=1.0) -> torch.nn.Module:
+    """A random FA-CNN in eval mode with random batch-norm statistics and affine parameters."""
+    from zoo import create_model
+
+    torch.manual_seed(seed)
+    model = create_model("fa_cnn", num_classes=num_classes, depth=depth, channels=channels)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.normal_(1.0, 0.5)
+                module.bias.normal_(0.0, 0.5)
+            if isinstance(module, torch.nn.Conv2d):
+                module.weight.mul_(weight_scale)
+    return model.eval()

@@ -7,21 +7,7 @@ from captum.attr import LayerGradCam
 from zoo import create_model
 from zoo.fa_cnn import DampenedLayer, FeatureAlignCNN
 
-
-def random_fa_cnn(depth=6, channels=20, num_classes=10, seed=0, weight_scale=1.0) -> FeatureAlignCNN:
-    """A random FA-CNN in eval mode with random batch-norm statistics and affine parameters."""
-    torch.manual_seed(seed)
-    model = create_model("fa_cnn", num_classes=num_classes, depth=depth, channels=channels)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.normal_(0, 0.2)
-                module.running_var.uniform_(0.5, 2.0)
-                module.weight.normal_(1.0, 0.5)
-                module.bias.normal_(0.0, 0.5)
-            if isinstance(module, torch.nn.Conv2d):
-                module.weight.mul_(weight_scale)
-    return model.eval()
+from conftest import random_fa_cnn
 
 
 @pytest.mark.parametrize("depth, channels, seed", [(6, 20, 0), (9, 30, 1), (3, 10, 2)])

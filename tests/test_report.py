@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import TINY_DATA, TINY_RECIPE
+from conftest import TINY_DATA, TINY_RECIPE, random_fa_cnn
 from runners.leaderboard import (
     OVER_IMAGES, OVER_SEEDS, bootstrap_interval, pivot, summary_table, tidy_table, write_leaderboard,
 )
@@ -215,21 +215,6 @@ def test_insertion_deletion_figure_has_one_panel_each(tmp_path):
 
 
 # --- FA-CNN's morphing -----------------------------------------------------------------------------
-def random_fa_cnn(depth=6, channels=20, seed=0):
-    from zoo import create_model
-
-    torch.manual_seed(seed)
-    model = create_model("fa_cnn", num_classes=10, depth=depth, channels=channels)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.normal_(0, 0.2)
-                module.running_var.uniform_(0.5, 2.0)
-                module.weight.normal_(1.0, 0.5)
-                module.bias.normal_(0.0, 0.5)
-    return model.eval()
-
-
 def test_layer_gradcam_matches_captum_at_every_layer():
     from captum.attr import LayerGradCam
 
