@@ -18,6 +18,8 @@ from typing import Optional, Union
 
 import torch
 
+from metrics.base import divide_or
+
 BASELINES = ("black", "white", "mean", "uniform")
 
 
@@ -77,29 +79,36 @@ def baseline_value(name: Union[str, float, int], x: torch.Tensor, per_channel: b
     return value.to(x.dtype).view(b, 1, 1, 1)
 
 
-def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Pearson correlation of each row of ``a`` and ``b`` (``[B, T]`` -> ``[B]``, float64);
-    NaN where a row is constant (as scipy's ``pearsonr``)."""
+def pearson(a: torch.Tensor, b: torch.Tensor, constant: float = float("nan")) -> torch.Tensor:
+    """Pearson correlation of ``a`` and ``b`` along the last axis (``[..., T]`` -> ``[...]``,
+    float64); ``constant`` where a series is constant (default NaN, as scipy's ``pearsonr``)."""
     a, b = a.double(), b.double()
-    a = a - a.mean(dim=1, keepdim=True)
-    b = b - b.mean(dim=1, keepdim=True)
-    denominator = a.norm(dim=1) * b.norm(dim=1)
-    value = (a * b).sum(dim=1) / denominator
-    return torch.where(denominator > 0, value.clamp(-1.0, 1.0), torch.full_like(value, float("nan")))
+    a = a - a.mean(dim=-1, keepdim=True)
+    b = b - b.mean(dim=-1, keepdim=True)
+    return divide_or((a * b).sum(dim=-1), a.norm(dim=-1) * b.norm(dim=-1), constant).clamp(-1.0, 1.0)
 
 
 def average_ranks(values: torch.Tensor) -> torch.Tensor:
-    """Ranks (1-based) along the last axis, ties sharing their average rank (scipy's ``rankdata``)."""
-    v = values.unsqueeze(-1)
-    w = values.unsqueeze(-2)
-    below = (w < v).sum(dim=-1).double()
-    equal = (w == v).sum(dim=-1).double()
-    return below + (equal + 1.0) / 2.0
+    """Ranks (1-based) of each row of ``values [B, N]`` (float64), ties sharing their average rank
+    (scipy's ``rankdata``); one sort per row."""
+    b, n = values.shape
+    order = torch.argsort(values, dim=1, stable=True)
+    ordered = values.gather(1, order)
+    new_group = torch.ones_like(ordered, dtype=torch.bool)
+    new_group[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    group = new_group.long().cumsum(1) - 1  # [B, N] group id in sorted order
+    positions = torch.arange(1, n + 1, device=values.device, dtype=torch.float64).expand(b, n)
+    sums = torch.zeros(b, n, dtype=torch.float64, device=values.device).scatter_add_(1, group, positions)
+    counts = torch.zeros(b, n, dtype=torch.float64, device=values.device).scatter_add_(
+        1, group, torch.ones_like(positions))
+    mean_rank = (sums / counts.clamp(min=1)).gather(1, group)
+    return torch.empty_like(mean_rank).scatter_(1, order, mean_rank)
 
 
-def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Spearman rank correlation of each row of ``a`` and ``b`` (``[B, T]`` -> ``[B]``)."""
-    return pearson(average_ranks(a.double()), average_ranks(b.double()))
+def spearman(a: torch.Tensor, b: torch.Tensor, constant: float = float("nan")) -> torch.Tensor:
+    """Spearman rank correlation of each row of ``a`` and ``b`` (``[B, N]`` -> ``[B]``);
+    ``constant`` where a row is constant."""
+    return pearson(average_ranks(a.double()), average_ranks(b.double()), constant)
 
 
 def stacked_logits(batch, key, count: int, build) -> torch.Tensor:

@@ -32,20 +32,10 @@ from typing import Any, Dict, Optional, Tuple, Union
 import torch
 
 from metrics import METRICS
-from metrics._quantus_common import BASELINES, baseline_value, preprocess_attributions
+from metrics._quantus_common import BASELINES, baseline_value, pearson, preprocess_attributions
 from metrics.base import Batch, Metric
 
 DETERMINISTIC_BASELINES = tuple(b for b in BASELINES if b != "uniform")
-
-
-def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Pearson's correlation of ``a`` and ``b`` along the last axis (float64; NaN if either is constant)."""
-    a, b = a.to(torch.float64), b.to(torch.float64)
-    a = a - a.mean(-1, keepdim=True)
-    b = b - b.mean(-1, keepdim=True)
-    norm = a.norm(dim=-1) * b.norm(dim=-1)
-    r = (a * b).sum(-1) / norm
-    return torch.where(norm > 0, r.clamp(-1.0, 1.0), torch.full_like(r, float("nan")))
 
 
 def check_baseline(baseline: Union[str, float, int]) -> None:

@@ -32,18 +32,7 @@ from metrics import METRICS
 from metrics._quantus_common import baseline_value, preprocess_attributions
 from metrics.base import Batch, Metric
 from metrics.faithfulness_correlation import check_baseline
-
-
-def patch_index(height: int, width: int, patch: int, device: Any = None) -> Tuple[torch.Tensor, int]:
-    """Each pixel's patch ``[H, W]`` (raster order over the padded grid) and the number of patches."""
-    def axis(size: int) -> Tuple[torch.Tensor, int]:
-        padding = (-size) % patch
-        blocks = (size + padding) // patch
-        return (torch.arange(size, device=device) + padding // 2) // patch, blocks
-
-    rows, blocks_h = axis(height)
-    cols, blocks_w = axis(width)
-    return rows.view(-1, 1) * blocks_w + cols.view(1, -1), blocks_h * blocks_w
+from metrics.region_perturbation import patch_ids
 
 
 @METRICS.register("infidelity")
@@ -90,7 +79,7 @@ class Infidelity(Metric):
 
     def sweep(self, batch: Batch, patch: int) -> torch.Tensor:
         """Loss ``[B]`` for one patch size."""
-        index, patches = patch_index(*batch.x.shape[-2:], patch, device=batch.x.device)
+        index, patches = patch_ids(*batch.x.shape[-2:], patch, device=batch.x.device)
         fills = self.fills(batch, index, patches)  # [B, P] float64
         pixel_fill = fills[:, index.view(-1)].view(batch.size, 1, *index.shape)  # [B, 1, H, W]
         x = batch.x.to(torch.float64)

@@ -26,7 +26,7 @@ from typing import Any, Dict, Tuple
 import torch
 
 from metrics import METRICS
-from metrics.base import Batch, Metric, divide_or
+from metrics.base import Batch, Metric, divide_or, saliency_rank
 
 SIGNS = ("raw", "abs", "positive")
 
@@ -131,8 +131,6 @@ class RelevanceRank(_Localisation):
         if self.sign == "raw":
             rank = batch.rank(descending=True)
         else:
-            from metrics.base import saliency_rank
-
             rank = saliency_rank(values, descending=True)
         size = masks.sum(1)
         top = rank < size.unsqueeze(1)

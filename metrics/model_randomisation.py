@@ -47,31 +47,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from metrics import METRICS
-from metrics.base import Batch, Metric, divide_or
-
-
-def average_ranks(values: torch.Tensor) -> torch.Tensor:
-    """Ranks ``[B, N]`` (0-based) of each row, tied values getting their average rank."""
-    b, n = values.shape
-    order = torch.argsort(values, dim=1, stable=True)
-    ordered = values.gather(1, order)
-    new_group = torch.ones_like(ordered, dtype=torch.bool)
-    new_group[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
-    group = new_group.long().cumsum(1) - 1  # [B, N] group id in sorted order
-    positions = torch.arange(n, device=values.device, dtype=torch.float64).expand(b, n)
-    sums = torch.zeros(b, n, dtype=torch.float64, device=values.device).scatter_add_(1, group, positions)
-    counts = torch.zeros(b, n, dtype=torch.float64, device=values.device).scatter_add_(
-        1, group, torch.ones_like(positions))
-    mean_rank = (sums / counts.clamp(min=1)).gather(1, group)
-    return torch.empty_like(mean_rank).scatter_(1, order, mean_rank)
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor, constant: float = float("nan")) -> torch.Tensor:
-    """Row-wise Spearman rank correlation of ``a, b [B, N]``; ``constant`` where a row is constant."""
-    ra, rb = average_ranks(a.to(torch.float64)), average_ranks(b.to(torch.float64))
-    ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
-    denominator = (ra.square().sum(1) * rb.square().sum(1)).sqrt()
-    return divide_or((ra * rb).sum(1), denominator, constant)
+from metrics._quantus_common import spearman
+from metrics.base import Batch, Metric
 
 
 def randomisable_layers(model: torch.nn.Module) -> List[Tuple[str, torch.nn.Module]]:

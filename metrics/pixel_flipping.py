@@ -41,6 +41,7 @@ import torch
 from metrics import METRICS
 from metrics._quantus_common import BASELINES, baseline_value, quantus_numpy_compat, stacked_logits
 from metrics.base import Batch, Metric
+from metrics.insertion_deletion import step_counts
 
 PF_BASELINES = ("zero",) + tuple(b for b in BASELINES if b != "mean")
 
@@ -100,8 +101,7 @@ class PixelFlipping(Metric):
         return self.features_in_step or width
 
     def counts(self, batch: Batch) -> List[int]:
-        step, total = self.step(batch.x.shape[-1]), batch.num_pixels
-        return [min(i * step, total) for i in range(1, -(-total // step) + 1)]
+        return step_counts(batch.num_pixels, self.step(batch.x.shape[-1]))[1:]  # no untouched point
 
     @torch.no_grad()
     def compute(self, batch: Batch) -> Dict[str, torch.Tensor]:

@@ -13,7 +13,8 @@ from data import load_dataset
 from data.base import to_float
 from explainers import EXPLAINERS
 from metrics import METRICS
-from metrics.model_randomisation import randomisable_layers, randomised_models, spearman
+from metrics._quantus_common import spearman
+from metrics.model_randomisation import randomisable_layers, randomised_models
 from zoo.base import ZooModel
 
 

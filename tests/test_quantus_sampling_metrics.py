@@ -14,9 +14,10 @@ import torch
 from torch import nn
 
 from metrics import METRICS
+from metrics._quantus_common import pearson
 from metrics.base import Batch
-from metrics.faithfulness_correlation import FaithfulnessCorrelation, pearson
-from metrics.infidelity import patch_index
+from metrics.faithfulness_correlation import FaithfulnessCorrelation
+from metrics.region_perturbation import patch_ids
 from metrics.road import ROAD, linear_imputation
 from metrics.sufficiency import standardised_distances
 from zoo.base import ZooModel
@@ -370,7 +371,7 @@ def test_infidelity_is_zero_for_the_exact_attribution_of_a_linear_model(size):
 
 
 def test_patch_index_pads_like_quantus():
-    index, patches = patch_index(6, 7, 4)
+    index, patches = patch_ids(6, 7, 4)
     # height 6: padding 2 -> 1 before; width 7: padding 1 -> 0 before (the larger half last)
     assert patches == 4
     assert index[:, 0].tolist() == [0, 0, 0, 2, 2, 2] and index[0].tolist() == [0, 0, 0, 0, 1, 1, 1]
