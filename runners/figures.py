@@ -166,13 +166,17 @@ def curves_figure(results: Sequence[Dict[str, Any]], labels: Sequence[str], laye
     return figure
 
 
-def accuracy_figure(results: Sequence[Dict[str, Any]], labels: Optional[Sequence[str]] = None):
-    """Test accuracy against each metric's mean (95 % interval as error bars), a panel per metric."""
+def accuracy_figure(results: Sequence[Dict[str, Any]], labels: Optional[Sequence[str]] = None,
+                    tables: Optional[Tuple[Any, Any]] = None):
+    """Test accuracy against each metric's mean (95 % interval as error bars), a panel per metric.
+    ``tables``: the results' ``(tidy_table, pivot)`` when the caller has them already."""
     from runners.leaderboard import directions, pivot, tidy_table
 
     plt = pyplot()
-    tidy = tidy_table(results)
-    table = pivot(tidy)
+    if tables is None:
+        tidy = tidy_table(results)
+        tables = tidy, pivot(tidy)
+    tidy, table = tables
     higher = directions(tidy)
     labels = sorted(higher) if labels is None else list(labels)
     unknown = [label for label in labels if label not in higher]
@@ -436,8 +440,6 @@ def saliency_grid_from_store(results: Sequence[Dict[str, Any]], store: Path, cou
                              skip_explainers: Sequence[str] = ("random",)):
     """The saliency grid of the results' models and explainers (first seed), maps recomputed for
     the true class from the checkpoints in ``store``. Returns ``(figure, notes)``."""
-    import torch
-
     from explainers import EXPLAINERS
     from runners.leaderboard import explainer_label
 
@@ -552,10 +554,12 @@ class FigureCache:
 
 
 def write_figures(results: Sequence[Dict[str, Any]], folder: Path, store: Optional[Path] = None,
-                  layer: Optional[int] = None, reuse: bool = True) -> Tuple[List[Drawn], List[str]]:
+                  layer: Optional[int] = None, reuse: bool = True,
+                  tables: Optional[Tuple[Any, Any]] = None) -> Tuple[List[Drawn], List[str]]:
     """Every figure the results allow, PNG and SVG in ``folder``; returns ``(drawn, skipped)``,
     ``skipped`` being one line per figure left out and why. ``reuse``: keep a figure whose inputs
-    and drawing code are unchanged (``figures.json``)."""
+    and drawing code are unchanged (``figures.json``). ``tables``: the results' ``(tidy_table,
+    pivot)`` for the accuracy figure, when the caller has them already."""
     from bench.storage import work_dir
 
     results = sorted(results, key=lambda r: (str(r.get("model")), str(r.get("explainer")), str(r.get("label")),
@@ -606,7 +610,7 @@ def write_figures(results: Sequence[Dict[str, Any]], folder: Path, store: Option
             "accuracy_vs_faithfulness", "Accuracy against faithfulness",
             "Each model's test accuracy against each metric's mean (error bars: the leaderboard's 95 % "
             "interval); colour: model, marker: explainer.",
-            write_figure(folder, "accuracy_vs_faithfulness", accuracy_figure(results))), []))
+            write_figure(folder, "accuracy_vs_faithfulness", accuracy_figure(results, tables=tables))), []))
 
     def saliency():
         figure, notes = saliency_grid_from_store(results, store)

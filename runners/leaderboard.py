@@ -146,11 +146,13 @@ def summary_table(tidy: pd.DataFrame) -> pd.DataFrame:
     return summary
 
 
-def pivot(tidy: pd.DataFrame, rank_metrics: Optional[Sequence[str]] = None) -> pd.DataFrame:
+def pivot(tidy: pd.DataFrame, rank_metrics: Optional[Sequence[str]] = None,
+          summary: Optional[pd.DataFrame] = None) -> pd.DataFrame:
     """One row per (model, explainer): seeds, accuracy (and its interval over seeds), then per
     metric its mean, interval ends and rank, then the mean rank over ``rank_metrics`` (default:
-    every metric) and how the intervals were made."""
-    summary = summary_table(tidy)
+    every metric) and how the intervals were made. ``summary``: ``summary_table(tidy)``, when the
+    caller has it already."""
+    summary = summary_table(tidy) if summary is None else summary
     labels = sorted(summary["label"].unique())
     chosen = labels if rank_metrics is None else list(rank_metrics)
     unknown = [m for m in chosen if m not in labels]
@@ -317,6 +319,15 @@ def interval_sentence(intervals: Sequence[str]) -> str:
             "ends (`*_ci_low`, `*_ci_high`). Accuracy has an interval only over several seeds.")
 
 
+def sweep_notes(config: Dict[str, Any], commit: str) -> str:
+    """The notes the sweep writes under its leaderboard, from its stored config."""
+    profile = config.get("profile") or {}
+    evaluation = profile.get("eval") or {}
+    return (f"Profile `{profile.get('name')}`, seeds {list(config.get('seeds') or [])}, "
+            f"{evaluation.get('num_images')} test images per cell (seeded sample), explaining the "
+            f"{evaluation.get('target')} class; accuracy is top-1 on the whole test set. Commit `{commit}`.")
+
+
 # --- provenance ----------------------------------------------------------------------------
 def library_versions() -> Dict[str, str]:
     from importlib import metadata
@@ -393,7 +404,7 @@ def write_report(results: List[Dict[str, Any]], folder: Path, notes: str = "", s
     folder = Path(folder)
     tidy = tidy_table(results)
     summary = summary_table(tidy)
-    table = pivot(tidy, rank_metrics)
+    table = pivot(tidy, rank_metrics, summary)
     data_name = str(tidy["data"].iloc[0]) if len(tidy) else "?"
     markdown = to_markdown(table, directions(tidy), title=f"Leaderboard: {data_name}", summary=summary,
                            rank_metrics=rank_metrics)
@@ -416,7 +427,7 @@ def write_report(results: List[Dict[str, Any]], folder: Path, notes: str = "", s
     drawn: List[Any] = []
     skipped: List[str] = []
     if figures:
-        drawn, skipped = write_figures(results, folder, store=store, reuse=not redraw)
+        drawn, skipped = write_figures(results, folder, store=store, reuse=not redraw, tables=(tidy, table))
         for note in skipped:
             log(f"figure skipped: {note}")
         for figure in drawn:

@@ -34,15 +34,6 @@ class ReportError(ValueError):
     """A path or option the report cannot use; the message is one line."""
 
 
-def sweep_notes(config: Dict[str, Any], commit: str) -> str:
-    """The notes the sweep writes under its leaderboard, from its stored config."""
-    profile = config.get("profile") or {}
-    evaluation = profile.get("eval") or {}
-    return (f"Profile `{profile.get('name')}`, seeds {list(config.get('seeds') or [])}, "
-            f"{evaluation.get('num_images')} test images per cell (seeded sample), explaining the "
-            f"{evaluation.get('target')} class; accuracy is top-1 on the whole test set. Commit `{commit}`.")
-
-
 def newest_cells(paths: Sequence[Path]) -> List[Dict[str, Any]]:
     """Cell results, one per (data, model, explainer, metric label, seed): the newest file."""
     from runners.leaderboard import explainer_label
@@ -60,7 +51,7 @@ def newest_cells(paths: Sequence[Path]) -> List[Dict[str, Any]]:
 
 def report_sweep(folder: Path, results_dir: Optional[str], store: Optional[str], figures: bool,
                  rank_metrics: Optional[List[str]], redraw: bool = False) -> Dict[str, Path]:
-    from runners.leaderboard import write_leaderboard
+    from runners.leaderboard import sweep_notes, write_leaderboard
 
     sweep = read_json(folder / "sweep.json")
     cell_store = folder.resolve().parent.parent

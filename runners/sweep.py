@@ -195,7 +195,7 @@ def run_sweep(cfg: DictConfig) -> int:
     """Run the sweep described by ``cfg``; returns the exit status (0: every cell done)."""
     from runners.jobs import ModelJob
     from runners.launchers import run_debug, run_local
-    from runners.leaderboard import write_leaderboard
+    from runners.leaderboard import sweep_notes, write_leaderboard
 
     began = time.time()
     if cfg.launcher.name == "slurm":
@@ -266,11 +266,9 @@ def run_sweep(cfg: DictConfig) -> int:
         results_dir = Path(cfg.results_dir)
         if not results_dir.is_absolute():
             results_dir = Path(os.getcwd()) / results_dir
-        notes = (f"Profile `{cfg.profile.name}`, seeds {list(cfg.seeds)}, {cfg.profile.eval.num_images} "
-                 f"test images per cell (seeded sample), explaining the {cfg.profile.eval.target} class; "
-                 "accuracy is top-1 on the whole test set. "
-                 f"Commit `{git_commit()}`.")
-        written = write_leaderboard(results, results_dir, notes=notes, store=store, config=plain(cfg))
+        config = plain(cfg)
+        written = write_leaderboard(results, results_dir, notes=sweep_notes(config, git_commit()), store=store,
+                                    config=config)
         for name, path in written.items():
             if name.endswith("leaderboard.md"):
                 print("\n" + path.read_text())
