@@ -33,15 +33,14 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from data.base import to_float  # noqa: E402
-from data.synthetic import generate  # noqa: E402
-from explainers import EXPLAINERS  # noqa: E402
-from zoo import MODELS, create_model  # noqa: E402
-from zoo.base import ZooModel, upsample  # noqa: E402
+from interpbench.data.base import to_float  # noqa: E402
+from interpbench.data.synthetic import generate  # noqa: E402
+from interpbench.explainers import EXPLAINERS  # noqa: E402
+from interpbench.zoo import MODELS, create_model  # noqa: E402
+from interpbench.zoo.base import ZooModel, upsample  # noqa: E402
 
 HEAVY = ("rise", "occlusion", "scorecam", "integrated_gradients")
 DEFAULT_MODELS = ("fa_cnn", "resnet18", "bcos_cnn")

@@ -21,12 +21,9 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import time
 import warnings
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -42,8 +39,8 @@ def best_time(fn, repeats: int):
 
 
 def load_images(args):
-    from data import load_dataset
-    from data.base import to_float
+    from interpbench.data import load_dataset
+    from interpbench.data.base import to_float
 
     root = args.root or os.path.expanduser("~/data/cifar10")
     if args.data == "cifar10" and Path(root).exists():
@@ -58,7 +55,7 @@ def load_images(args):
 
 def chunk_table(device: str, repeats: int) -> list:
     """Forward images per second of CPU-size zoo models at several images per pass."""
-    from zoo import create_model
+    from interpbench.zoo import create_model
 
     sizes = [16, 32, 64, 128, 256, 1024]
     config = {"num_classes": 10, "input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.25,) * 3}
@@ -92,10 +89,10 @@ def main() -> None:
 
     import quantus
 
-    from explainers import EXPLAINERS
-    from metrics import METRICS
-    from metrics.base import Batch
-    from zoo import create_model
+    from interpbench.explainers import EXPLAINERS
+    from interpbench.metrics import METRICS
+    from interpbench.metrics.base import Batch
+    from interpbench.zoo import create_model
 
     chunk_lines = chunk_table(args.device, args.repeats) if args.chunks else []
     torch.manual_seed(0)

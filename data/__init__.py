@@ -7,15 +7,14 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from bench.registry import Registry
+from interpbench.registry import Registry
+from interpbench.storage import plain
 
 DATASETS = Registry("dataset")
 
 
 def load_dataset(config: Mapping[str, Any]) -> "Dataset":
     """Build the dataset named by ``config["name"]`` with the rest of ``config`` as arguments."""
-    from bench.storage import plain
-
     args = dict(plain(config))
     name = args.pop("name", None)
     if name is None:
@@ -23,9 +22,9 @@ def load_dataset(config: Mapping[str, Any]) -> "Dataset":
     return DATASETS.create(name, **args)
 
 
-from bench.discovery import import_submodules  # noqa: E402
-import data as _self  # noqa: E402
+import interpbench.data as _self  # noqa: E402
+from interpbench.discovery import import_submodules  # noqa: E402
 
 import_submodules(_self)
 
-from data.base import Dataset  # noqa: E402,F401
+from interpbench.data.base import Dataset  # noqa: E402,F401

@@ -15,11 +15,25 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from bench.storage import atomic_numpy_save, atomic_write_json, read_json, stable_hash, work_dir
+from interpbench.images import to_float  # noqa: F401 (re-exported: data.base.to_float)
+from interpbench.integrity import data_cache_meta, file_entry
+from interpbench.storage import (
+    atomic_numpy_save,
+    atomic_write_json,
+    data_dir,
+    read_json,
+    stable_hash,
+)
 
 
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset could not be found or fetched; the message is one line naming what was tried."""
+
+
+class ImageFolderError(ValueError):
+    """An ImageFolder tree that cannot be used as it is (a file that does not decode, an empty
+    class folder, class folders that differ between splits); the message is one line naming the
+    file, folder or classes."""
 
 
 @dataclass
@@ -65,11 +79,6 @@ class Dataset:
         }
 
 
-def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 ``[B, 3, H, W]`` to float32 in ``[0, 1]``."""
-    return images.float().div_(255.0)
-
-
 def channel_stats(images: torch.Tensor, chunk: int = 4096) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
     """Per-channel mean and standard deviation of uint8 images ``[N, 3, H, W]``, in ``[0, 1]`` units."""
     total = torch.zeros(images.shape[1], dtype=torch.float64)
@@ -99,14 +108,19 @@ def cached_dataset(
     and ``classes``, ``mean``, ``std``. ``key`` identifies the content; its hash names the
     cache folder, so a second run decodes nothing.
     """
-    folder = (cache_root or work_dir() / "data") / f"{name}-{stable_hash(key)}"
+    root = Path(cache_root) if cache_root else data_dir()
+    folder = root / f"{name}-{stable_hash(key)}"
     meta_path = folder / "meta.json"
-    if not meta_path.exists():
+    # checked against its manifest (a corrupt array is quarantined in <root>/../quarantine/ and decoded again)
+    meta = data_cache_meta(folder, root.parent)
+    if meta is None:
         start = time.time()
         built = build()
+        arrays = {}
         for array_name in _ARRAYS:
             if built.get(array_name) is not None:
-                atomic_numpy_save(np.ascontiguousarray(built[array_name]), folder / f"{array_name}.npy")
+                path = atomic_numpy_save(np.ascontiguousarray(built[array_name]), folder / f"{array_name}.npy")
+                arrays[path.name] = file_entry(path)
         meta = {
             "name": name,
             "key": key,
@@ -114,9 +128,10 @@ def cached_dataset(
             "mean": list(built["mean"]),
             "std": list(built["std"]),
             "build_seconds": round(time.time() - start, 2),
+            "arrays": arrays,  # the manifest: each file's size and sha256
         }
         atomic_write_json(meta_path, meta)  # written last: its presence marks a complete cache
-    meta = read_json(meta_path)
+        meta = read_json(meta_path)
 
     def load(array_name: str) -> Optional[torch.Tensor]:
         path = folder / f"{array_name}.npy"

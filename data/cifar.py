@@ -12,10 +12,15 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from bench.storage import work_dir
-from data import DATASETS
-from data.base import Dataset, DatasetNotFoundError, cached_dataset, channel_stats
-from data.folders import decode_split_folders, folder_fingerprint
+from interpbench.data import DATASETS
+from interpbench.data.base import (
+    Dataset,
+    DatasetNotFoundError,
+    cached_dataset,
+    channel_stats,
+)
+from interpbench.data.folders import decode_split_folders, folder_fingerprint
+from interpbench.storage import store_dir
 
 _ARCHIVE_FOLDER = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 
@@ -38,7 +43,7 @@ def _from_torchvision(name: str, root: Path, download: bool = False) -> Dict[str
 
 
 def load_cifar(name: str, root: Optional[str], download: bool) -> Dataset:
-    base = Path(root).expanduser().resolve() if root else work_dir() / "datasets" / name
+    base = Path(root).expanduser().resolve() if root else store_dir() / "datasets" / name
     archive = base / _ARCHIVE_FOLDER[name]
     if base.name == _ARCHIVE_FOLDER[name]:  # the user pointed at the extracted folder itself
         archive, base = base, base.parent

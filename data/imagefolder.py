@@ -1,16 +1,23 @@
 """``imagefolder``: any root with ``train/`` and ``val/`` or ``test/`` class folders.
 
 For ImageNet-100, Imagenette and the like. Images are resized (short side) and centre-cropped
-to ``image_size`` once, when decoded into the cache.
+to ``image_size`` once, when decoded into the cache. Hidden files and folders (macOS ``._x.png``,
+``.ipynb_checkpoints/``) are skipped; a file that does not decode, an empty class folder, or class
+folders that differ between ``train/`` and ``val/``/``test/`` raise ``ImageFolderError`` (one line).
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from data import DATASETS
-from data.base import Dataset, DatasetNotFoundError, cached_dataset, channel_stats
-from data.folders import decode_split_folders, folder_fingerprint
+from interpbench.data import DATASETS
+from interpbench.data.base import (
+    Dataset,
+    DatasetNotFoundError,
+    cached_dataset,
+    channel_stats,
+)
+from interpbench.data.folders import decode_split_folders, folder_fingerprint
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

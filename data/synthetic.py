@@ -13,8 +13,8 @@ from typing import Dict, List
 
 import torch
 
-from data import DATASETS
-from data.base import Dataset, cached_dataset, channel_stats
+from interpbench.data import DATASETS
+from interpbench.data.base import Dataset, cached_dataset, channel_stats
 
 CLASSES: List[str] = [
     "disk", "ring", "square", "frame", "triangle", "plus", "cross", "stripes", "diamond", "crescent",

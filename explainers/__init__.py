@@ -5,11 +5,11 @@ Each method is a class registered in ``EXPLAINERS``; hyper-parameters go to ``__
 """
 from __future__ import annotations
 
-from bench.registry import Registry
+from interpbench.registry import Registry
 
 EXPLAINERS = Registry("explainer")
 
-from bench.discovery import import_submodules  # noqa: E402
-import explainers as _self  # noqa: E402
+import interpbench.explainers as _self  # noqa: E402
+from interpbench.discovery import import_submodules  # noqa: E402
 
 import_submodules(_self)

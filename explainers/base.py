@@ -5,7 +5,7 @@ from typing import ClassVar
 
 import torch
 
-from zoo.base import ZooModel
+from interpbench.zoo.base import ZooModel
 
 
 class Explainer:

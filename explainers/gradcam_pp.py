@@ -25,9 +25,9 @@ from typing import Optional, Tuple
 
 import torch
 
-from explainers import EXPLAINERS
-from explainers.base import Explainer
-from zoo.base import ZooModel, upsample
+from interpbench.explainers import EXPLAINERS
+from interpbench.explainers.base import Explainer
+from interpbench.zoo.base import ZooModel, upsample
 
 
 def declares_cam_layer(model: ZooModel) -> bool:

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from explainers import EXPLAINERS
-from explainers.base import Explainer
-from zoo.base import ZooModel
+from interpbench.explainers import EXPLAINERS
+from interpbench.explainers.base import Explainer
+from interpbench.zoo.base import ZooModel
 
 SIGNS = ("signed", "absolute", "positive")
 METHODS = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")

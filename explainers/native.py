@@ -5,9 +5,9 @@ from typing import Optional
 
 import torch
 
-from explainers import EXPLAINERS
-from explainers.base import Explainer
-from zoo.base import ZooModel
+from interpbench.explainers import EXPLAINERS
+from interpbench.explainers.base import Explainer
+from interpbench.zoo.base import ZooModel
 
 
 @EXPLAINERS.register("native")

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from explainers import EXPLAINERS
-from explainers.base import Explainer
-from zoo.base import ZooModel
+from interpbench.explainers import EXPLAINERS
+from interpbench.explainers.base import Explainer
+from interpbench.zoo.base import ZooModel
 
 
 @EXPLAINERS.register("random")

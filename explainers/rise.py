@@ -30,9 +30,9 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from explainers import EXPLAINERS
-from explainers.base import Explainer
-from zoo.base import ZooModel
+from interpbench.explainers import EXPLAINERS
+from interpbench.explainers.base import Explainer
+from interpbench.zoo.base import ZooModel
 
 PAPER = (4000, 7)  # N, s at 224 pixels
 SMALL = (1000, 4)  # N, s below 112 pixels

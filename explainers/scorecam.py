@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import torch
 
-from explainers import EXPLAINERS
-from explainers.base import Explainer
-from explainers.gradcam_pp import declares_cam_layer, layer_activation
-from zoo.base import ZooModel, upsample
+from interpbench.explainers import EXPLAINERS
+from interpbench.explainers.base import Explainer
+from interpbench.explainers.gradcam_pp import declares_cam_layer, layer_activation
+from interpbench.zoo.base import ZooModel, upsample
 
 
 @EXPLAINERS.register("scorecam")

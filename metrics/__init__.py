@@ -5,11 +5,11 @@ Each metric is a class registered in ``METRICS``; hyper-parameters go to ``__ini
 """
 from __future__ import annotations
 
-from bench.registry import Registry
+from interpbench.registry import Registry
 
 METRICS = Registry("metric")
 
-from bench.discovery import import_submodules  # noqa: E402
-import metrics as _self  # noqa: E402
+import interpbench.metrics as _self  # noqa: E402
+from interpbench.discovery import import_submodules  # noqa: E402
 
 import_submodules(_self)

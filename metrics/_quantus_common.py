@@ -18,7 +18,7 @@ from typing import Optional, Union
 
 import torch
 
-from metrics.base import divide_or
+from interpbench.metrics.base import divide_or
 
 BASELINES = ("black", "white", "mean", "uniform")
 

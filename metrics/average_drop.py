@@ -23,8 +23,8 @@ from typing import Dict
 
 import torch
 
-from metrics import METRICS
-from metrics.base import Batch, Metric, divide_or
+from interpbench.metrics import METRICS
+from interpbench.metrics.base import Batch, Metric, divide_or
 
 MAP_KEY = ("explanation_map", "minmax")
 

@@ -22,8 +22,7 @@ from typing import Any, Callable, ClassVar, Dict, Hashable, List, Optional, Sequ
 
 import torch
 
-from zoo.base import ZooModel
-
+from interpbench.zoo.base import ZooModel
 
 # Images per forward pass. On a CPU, small batches keep the activations in cache: measured on the
 # CPU-size zoo at 32 px (2 cores), 64 images per pass run 1.6x to 2.4x faster than 1024

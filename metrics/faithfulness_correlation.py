@@ -31,9 +31,14 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 
-from metrics import METRICS
-from metrics._quantus_common import BASELINES, baseline_value, pearson, preprocess_attributions
-from metrics.base import Batch, Metric
+from interpbench.metrics import METRICS
+from interpbench.metrics._quantus_common import (
+    BASELINES,
+    baseline_value,
+    pearson,
+    preprocess_attributions,
+)
+from interpbench.metrics.base import Batch, Metric
 
 DETERMINISTIC_BASELINES = tuple(b for b in BASELINES if b != "uniform")
 

@@ -33,10 +33,20 @@ from typing import Dict, Optional, Tuple, Union
 
 import torch
 
-from metrics import METRICS
-from metrics._quantus_common import BASELINES, baseline_value, pearson, quantus_numpy_compat, stacked_logits
-from metrics.base import Batch, Metric
-from metrics.pixel_flipping import check_baseline, check_positive, uniform_draws
+from interpbench.metrics import METRICS
+from interpbench.metrics._quantus_common import (
+    BASELINES,
+    baseline_value,
+    pearson,
+    quantus_numpy_compat,
+    stacked_logits,
+)
+from interpbench.metrics.base import Batch, Metric
+from interpbench.metrics.pixel_flipping import (
+    check_baseline,
+    check_positive,
+    uniform_draws,
+)
 
 FE_BASELINES = BASELINES
 

@@ -28,11 +28,11 @@ from typing import Any, Dict, List, Sequence, Tuple, Union
 
 import torch
 
-from metrics import METRICS
-from metrics._quantus_common import baseline_value, preprocess_attributions
-from metrics.base import Batch, Metric
-from metrics.faithfulness_correlation import check_baseline
-from metrics.region_perturbation import patch_ids
+from interpbench.metrics import METRICS
+from interpbench.metrics._quantus_common import baseline_value, preprocess_attributions
+from interpbench.metrics.base import Batch, Metric
+from interpbench.metrics.faithfulness_correlation import check_baseline
+from interpbench.metrics.region_perturbation import patch_ids
 
 
 @METRICS.register("infidelity")

@@ -36,8 +36,8 @@ from typing import Dict, List, Optional
 
 import torch
 
-from metrics import METRICS
-from metrics.base import Batch, Metric
+from interpbench.metrics import METRICS
+from interpbench.metrics.base import Batch, Metric
 
 BLUR_KERNEL = 11
 BLUR_SIGMA = 5.0

@@ -37,10 +37,10 @@ from typing import Dict, Tuple, Union
 import numpy as np
 import torch
 
-from metrics import METRICS
-from metrics._quantus_common import baseline_value, quantus_numpy_compat
-from metrics.base import Batch, Metric
-from metrics.pixel_flipping import check_baseline
+from interpbench.metrics import METRICS
+from interpbench.metrics._quantus_common import baseline_value, quantus_numpy_compat
+from interpbench.metrics.base import Batch, Metric
+from interpbench.metrics.pixel_flipping import check_baseline
 
 IROF_BASELINES = ("mean", "black", "white")
 

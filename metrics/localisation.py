@@ -25,8 +25,8 @@ from typing import Any, Dict, Tuple
 
 import torch
 
-from metrics import METRICS
-from metrics.base import Batch, Metric, divide_or, saliency_rank
+from interpbench.metrics import METRICS
+from interpbench.metrics.base import Batch, Metric, divide_or, saliency_rank
 
 SIGNS = ("raw", "abs", "positive")
 

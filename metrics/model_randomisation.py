@@ -46,9 +46,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from metrics import METRICS
-from metrics._quantus_common import spearman
-from metrics.base import Batch, Metric
+from interpbench.metrics import METRICS
+from interpbench.metrics._quantus_common import spearman
+from interpbench.metrics.base import Batch, Metric
 
 
 def randomisable_layers(model: torch.nn.Module) -> List[Tuple[str, torch.nn.Module]]:

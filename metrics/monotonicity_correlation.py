@@ -33,11 +33,19 @@ from typing import Dict, Optional, Tuple, Union
 
 import torch
 
-from metrics import METRICS
-from metrics._quantus_common import BASELINES, quantus_numpy_compat, spearman
-from metrics.base import Batch, Metric, saliency_rank
-from metrics.faithfulness_estimate import group_fills, group_sums, single_group_logits
-from metrics.pixel_flipping import check_baseline, check_positive
+from interpbench.metrics import METRICS
+from interpbench.metrics._quantus_common import (
+    BASELINES,
+    quantus_numpy_compat,
+    spearman,
+)
+from interpbench.metrics.base import Batch, Metric, saliency_rank
+from interpbench.metrics.faithfulness_estimate import (
+    group_fills,
+    group_sums,
+    single_group_logits,
+)
+from interpbench.metrics.pixel_flipping import check_baseline, check_positive
 
 
 @METRICS.register("monotonicity_correlation")

@@ -38,10 +38,15 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 
-from metrics import METRICS
-from metrics._quantus_common import BASELINES, baseline_value, quantus_numpy_compat, stacked_logits
-from metrics.base import Batch, Metric
-from metrics.insertion_deletion import step_counts
+from interpbench.metrics import METRICS
+from interpbench.metrics._quantus_common import (
+    BASELINES,
+    baseline_value,
+    quantus_numpy_compat,
+    stacked_logits,
+)
+from interpbench.metrics.base import Batch, Metric
+from interpbench.metrics.insertion_deletion import step_counts
 
 PF_BASELINES = ("zero",) + tuple(b for b in BASELINES if b != "mean")
 

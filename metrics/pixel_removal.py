@@ -16,8 +16,8 @@ from typing import Dict, List
 
 import torch
 
-from metrics import METRICS
-from metrics.base import Batch, Metric, saliency_rank  # noqa: F401 (saliency_rank re-exported)
+from interpbench.metrics import METRICS
+from interpbench.metrics.base import Batch, Metric, saliency_rank  # noqa: F401 (saliency_rank re-exported)
 
 ORDERS = ("least_salient_first", "most_salient_first")
 BASELINES = ("mean", "zero")

@@ -39,10 +39,20 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 
-from metrics import METRICS
-from metrics._quantus_common import baseline_value, quantus_numpy_compat, stacked_logits
-from metrics.base import Batch, Metric
-from metrics.pixel_flipping import PF_BASELINES, check_baseline, check_positive, trapezoid_dx1, uniform_draws
+from interpbench.metrics import METRICS
+from interpbench.metrics._quantus_common import (
+    baseline_value,
+    quantus_numpy_compat,
+    stacked_logits,
+)
+from interpbench.metrics.base import Batch, Metric
+from interpbench.metrics.pixel_flipping import (
+    PF_BASELINES,
+    check_baseline,
+    check_positive,
+    trapezoid_dx1,
+    uniform_draws,
+)
 
 ORDERS = ("morf", "lerf")
 RP_BASELINES = tuple(b for b in PF_BASELINES if b != "zero")

@@ -43,8 +43,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from metrics import METRICS
-from metrics.base import Batch, Metric
+from interpbench.metrics import METRICS
+from interpbench.metrics.base import Batch, Metric
 
 AXIAL, DIAGONAL = 1.0 / 6.0, 1.0 / 12.0
 STENCIL = ((AXIAL, (0, 1)), (AXIAL, (0, -1)), (AXIAL, (1, 0)), (AXIAL, (-1, 0)),

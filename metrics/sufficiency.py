@@ -32,9 +32,9 @@ from typing import Any, Dict, Tuple
 
 import torch
 
-from metrics import METRICS
-from metrics._quantus_common import preprocess_attributions
-from metrics.base import Batch, Metric
+from interpbench.metrics import METRICS
+from interpbench.metrics._quantus_common import preprocess_attributions
+from interpbench.metrics.base import Batch, Metric
 
 
 def standardised_distances(maps: torch.Tensor) -> torch.Tensor:

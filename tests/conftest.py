@@ -29,7 +29,7 @@ def store(tmp_path: Path) -> Path:
 def calibrate(model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
     """Set every uncentered norm's running variance to the batch's (one training-mode pass with
     momentum 1), so eval-mode activations keep their scale; returns the model in eval mode."""
-    from zoo.bcos import UncenteredBatchNorm2d
+    from interpbench.zoo.bcos import UncenteredBatchNorm2d
 
     norms = [m for m in model.modules() if isinstance(m, UncenteredBatchNorm2d)]
     saved = [m.momentum for m in norms]
@@ -45,7 +45,7 @@ def calibrate(model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
 
 def random_fa_cnn(depth=6, channels=20, num_classes=10, seed=0, weight_scale=1.0) -> torch.nn.Module:
     """A random FA-CNN in eval mode with random batch-norm statistics and affine parameters."""
-    from zoo import create_model
+    from interpbench.zoo import create_model
 
     torch.manual_seed(seed)
     model = create_model("fa_cnn", num_classes=num_classes, depth=depth, channels=channels)

@@ -3,10 +3,10 @@ min-max scaling, undefined denominators, one shared forward pass, directions and
 import pytest
 import torch
 
-from metrics import METRICS
-from metrics.average_drop import explanation_map_images, minmax
-from metrics.base import Batch
-from zoo.base import ZooModel
+from interpbench.metrics import METRICS
+from interpbench.metrics.average_drop import explanation_map_images, minmax
+from interpbench.metrics.base import Batch
+from interpbench.zoo.base import ZooModel
 
 NAMES = ("average_drop", "average_gain", "average_increase")
 

@@ -3,12 +3,12 @@ model per forward pass (``Batch.chunk``: 64 on a CPU, 1024 on an accelerator, an
 request), including the metrics that draw random perturbations group by group."""
 import pytest
 import torch
+from conftest import TINY_DATA
 from torch import nn
 
-from conftest import TINY_DATA
-from metrics import METRICS
-from metrics.base import CPU_CHUNK, DEVICE_CHUNK, Batch
-from zoo.base import ZooModel
+from interpbench.metrics import METRICS
+from interpbench.metrics.base import CPU_CHUNK, DEVICE_CHUNK, Batch
+from interpbench.zoo.base import ZooModel
 
 
 class SmallCNN(ZooModel):
@@ -27,8 +27,8 @@ class SmallCNN(ZooModel):
 
 @pytest.fixture(scope="module")
 def data():
-    from data import load_dataset
-    from data.base import to_float
+    from interpbench.data import load_dataset
+    from interpbench.data.base import to_float
 
     test = load_dataset(TINY_DATA).test
     x = to_float(test.images[:6]).double()

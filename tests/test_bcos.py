@@ -10,12 +10,18 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import calibrate
 from torch import nn
 
-from conftest import calibrate
-from zoo import create_model
-from zoo.bcos import BcosConv2d, BcosLinear, UncenteredBatchNorm2d, bcos_layers, set_b
-from zoo.dynamic import explanation_mode
+from interpbench.zoo import create_model
+from interpbench.zoo.bcos import (
+    BcosConv2d,
+    BcosLinear,
+    UncenteredBatchNorm2d,
+    bcos_layers,
+    set_b,
+)
+from interpbench.zoo.dynamic import explanation_mode
 
 NUM_CLASSES = 10
 ATOL, RTOL = 1e-4, 1e-4
@@ -160,7 +166,7 @@ def test_contributions_are_the_rows_of_the_frozen_linear_map(name, kwargs, image
     B-cos network is positively homogeneous either way); the map itself can. Record every
     dynamic scale at x, replay the recorded scales for another input z: that is the linear map
     W(x), and its gradient must be what explanation mode gives at x."""
-    import zoo.bcos as bcos_module
+    import interpbench.zoo.bcos as bcos_module
 
     torch.manual_seed(0)
     model = calibrate(create_model(name, num_classes=NUM_CLASSES, **kwargs), torch.rand(16, 3, 32, 32))

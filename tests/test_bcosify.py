@@ -11,12 +11,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import calibrate
 from torch import nn
 
-from conftest import calibrate
-from zoo import MODELS, create_model
-from zoo.bcos import BcosConv2d, UncenteredBatchNorm2d, bcos_layers, set_b
-from zoo.bcosify import BcosifiedResNet, bcosify
+from interpbench.zoo import MODELS, create_model
+from interpbench.zoo.bcos import BcosConv2d, UncenteredBatchNorm2d, bcos_layers, set_b
+from interpbench.zoo.bcosify import BcosifiedResNet, bcosify
 
 NUM_CLASSES = 10
 MEAN, STD = (0.45, 0.5, 0.55), (0.2, 0.25, 0.3)

@@ -1,9 +1,10 @@
 """CA-Stream: attention over positions, the zero-query identity with GAP, and a frozen backbone."""
 import torch
-
 from conftest import TINY_DATA, TINY_RECIPE
-from runners.train import TrainSpec, load_trained, train_model
-from zoo import create_model
+
+from interpbench.core import TrainSpec
+from interpbench.engine.train import load_trained, train_model
+from interpbench.zoo import create_model
 
 
 def stream_model(seed: int = 0):
@@ -60,7 +61,7 @@ def test_native_map_is_the_last_attention_upsampled_and_ignores_the_target():
 
 
 def test_training_moves_only_the_stream(store):
-    from data import load_dataset
+    from interpbench.data import load_dataset
 
     recipe = dict(TINY_RECIPE, optimizer="adamw", lr=0.01, epochs=1)
     parent_spec = TrainSpec("resnet18", TINY_DATA, TINY_RECIPE)

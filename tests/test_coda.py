@@ -5,9 +5,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zoo import create_model
-from zoo.coda import KERNEL_SIZES, PADDINGS, SIZES, STRIDES, CoDANet, DAUConv2d, squash
-from zoo.dynamic import explanation_mode
+from interpbench.zoo import create_model
+from interpbench.zoo.coda import (
+    KERNEL_SIZES,
+    PADDINGS,
+    SIZES,
+    STRIDES,
+    CoDANet,
+    DAUConv2d,
+    squash,
+)
+from interpbench.zoo.dynamic import explanation_mode
 
 TINY = {"channels": (3, 3, 4, 4, 4, 5, 5, 5), "rank": (3, 3, 4, 4, 4, 4, 4, 4, 4)}
 

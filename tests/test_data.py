@@ -6,11 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import SHARED_DATA
-from data import DATASETS, load_dataset
-from data.base import DatasetNotFoundError
-from data.synthetic import CLASSES, generate
+
+from interpbench.data import DATASETS, load_dataset
+from interpbench.data.base import DatasetNotFoundError
+from interpbench.data.synthetic import CLASSES, generate
 
 
 def test_synthetic_is_deterministic_balanced_and_masked():
@@ -94,7 +94,7 @@ def test_cifar_loader_reads_torchvision_layout(tmp_path, monkeypatch):
 
 
 def test_missing_cifar_offline_is_one_line_naming_paths_and_synthetic(tmp_path, monkeypatch):
-    import data.cifar as cifar
+    import interpbench.data.cifar as cifar
 
     def offline(name, root, download=False):
         raise OSError("network unreachable")

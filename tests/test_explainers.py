@@ -2,9 +2,9 @@
 import torch
 from captum.attr import LayerGradCam
 
-from explainers import EXPLAINERS
-from zoo import create_model
-from zoo.base import upsample
+from interpbench.explainers import EXPLAINERS
+from interpbench.zoo import create_model
+from interpbench.zoo.base import upsample
 
 
 def test_gradcam_is_captum_layer_gradcam_with_relu_upsampled():

@@ -3,11 +3,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from captum.attr import LayerGradCam
-
-from zoo import create_model
-from zoo.fa_cnn import DampenedLayer, FeatureAlignCNN
-
 from conftest import random_fa_cnn
+
+from interpbench.zoo import create_model
+from interpbench.zoo.fa_cnn import DampenedLayer, FeatureAlignCNN
 
 
 @pytest.mark.parametrize("depth, channels, seed", [(6, 20, 0), (9, 30, 1), (3, 10, 2)])
@@ -30,7 +29,7 @@ def test_theorem1_gradcam_of_each_class_equals_intrinsic_map_over_hw(depth, chan
 def test_theorem1_holds_for_the_explain_api_at_input_resolution():
     model = random_fa_cnn(6, 20, seed=3)
     x = torch.rand(3, 3, 32, 32)
-    from explainers import EXPLAINERS
+    from interpbench.explainers import EXPLAINERS
 
     target = torch.tensor([0, 4, 9])
     native = EXPLAINERS.create("native")(model, x, target)

@@ -5,10 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from metrics import METRICS
-from metrics.base import Batch
-from metrics.insertion_deletion import gaussian_blur, rise_auc, step_counts
-from zoo.base import ZooModel
+from interpbench.metrics import METRICS
+from interpbench.metrics.base import Batch
+from interpbench.metrics.insertion_deletion import gaussian_blur, rise_auc, step_counts
+from interpbench.zoo.base import ZooModel
 
 
 class MeanModel(ZooModel):

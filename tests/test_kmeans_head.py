@@ -1,12 +1,13 @@
 """k-means head: k-means itself, k = 1 as the nearest class mean, and the explanation's identity."""
 import pytest
 import torch
-
 from conftest import TINY_DATA, TINY_RECIPE
-from data import load_dataset
-from runners.train import TrainSpec, load_trained, train_model
-from zoo import create_model
-from zoo.kmeans_head import kmeans
+
+from interpbench.core import TrainSpec
+from interpbench.data import load_dataset
+from interpbench.engine.train import load_trained, train_model
+from interpbench.zoo import create_model
+from interpbench.zoo.kmeans_head import kmeans
 
 
 def test_kmeans_recovers_well_separated_clusters():
@@ -39,7 +40,7 @@ def fitted():
 def test_k_equal_one_on_b4_is_the_nearest_class_mean_classifier(fitted):
     parent, data, models = fitted
     model = models["b4"]
-    from data.base import to_float
+    from interpbench.data.base import to_float
 
     with torch.no_grad():
         train_x = to_float(data.train.images)
@@ -56,7 +57,7 @@ def test_k_equal_one_on_b4_is_the_nearest_class_mean_classifier(fitted):
 def test_b234_combines_three_blocks_each_at_unit_mean_norm(fitted):
     _, data, models = fitted
     model = models["b234"]
-    from data.base import to_float
+    from interpbench.data.base import to_float
 
     assert model.prototypes.shape == (10, 3, 32 + 64 + 128)
     with torch.no_grad():
@@ -91,6 +92,6 @@ def test_fitting_through_the_training_cache_keeps_the_backbone(store):
     model, _ = load_trained(spec, store, data)
     assert all(torch.equal(v, model.backbone.state_dict()[k]) for k, v in parent.state_dict().items())
     assert model.prototypes.shape == (10, 2, 128) and float(model.prototypes.detach().abs().sum()) > 0
-    from runners.train import evaluate_accuracy
+    from interpbench.engine.train import evaluate_accuracy
 
     assert evaluate_accuracy(model, data.test, torch.device("cpu")) == record["test_accuracy"]

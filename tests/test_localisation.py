@@ -5,12 +5,12 @@ import warnings
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY_DATA
-from data import load_dataset
-from data.base import to_float
-from metrics import METRICS
-from zoo.base import ZooModel
+
+from interpbench.data import load_dataset
+from interpbench.data.base import to_float
+from interpbench.metrics import METRICS
+from interpbench.zoo.base import ZooModel
 
 NAMES = ("pointing_game", "relevance_mass", "relevance_rank")
 

@@ -7,18 +7,26 @@ pixels, keeping them must help more, and the mask localises the object by constr
 """
 import pytest
 import torch
-
 from conftest import TINY_RECIPE
-from data import load_dataset
-from data.base import to_float
-from metrics import METRICS
-from runners.train import TrainSpec, load_trained
+
+from interpbench.core import TrainSpec
+from interpbench.data import load_dataset
+from interpbench.data.base import to_float
+from interpbench.engine.train import load_trained
+from interpbench.metrics import METRICS
 
 DATA = {"name": "synthetic", "num_train": 2000, "num_test": 200, "image_size": 32, "seed": 0}
 NOT_ORDERED = {
     # A sanity check of the explainer, not a score of a given map: the mask and the noise are
     # both model-independent, so neither changes under randomisation.
     "model_randomisation",
+    # Average gain and increase count the images whose confidence rises on x * S: few do for either
+    # map (5 and 8 of the 64 images for the increase, on one of our machines), and which map wins
+    # flips between machines whose CPU kernels train this model to slightly different weights
+    # (the mask won where this test was first measured; noise wins, AG 5.81 against 7.24 %, on
+    # another). Their values are checked against Quantus-style definitions in test_average_drop.py.
+    "average_gain",
+    "average_increase",
 }
 REVERSED = {
     # Measured findings on this data, asserted so that a change shows up. Blacking out the

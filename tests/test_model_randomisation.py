@@ -6,16 +6,19 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
+from conftest import TINY_DATA
 from torch import nn
 
-from conftest import TINY_DATA
-from data import load_dataset
-from data.base import to_float
-from explainers import EXPLAINERS
-from metrics import METRICS
-from metrics._quantus_common import spearman
-from metrics.model_randomisation import randomisable_layers, randomised_models
-from zoo.base import ZooModel
+from interpbench.data import load_dataset
+from interpbench.data.base import to_float
+from interpbench.explainers import EXPLAINERS
+from interpbench.metrics import METRICS
+from interpbench.metrics._quantus_common import spearman
+from interpbench.metrics.model_randomisation import (
+    randomisable_layers,
+    randomised_models,
+)
+from interpbench.zoo.base import ZooModel
 
 
 class TinyNet(ZooModel):

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from metrics import METRICS
-from metrics.pixel_removal import curve_area, saliency_rank
-from zoo.base import ZooModel
+from interpbench.metrics import METRICS
+from interpbench.metrics.pixel_removal import curve_area, saliency_rank
+from interpbench.zoo.base import ZooModel
 
 
 class QuadrantModel(ZooModel):

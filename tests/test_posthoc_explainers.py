@@ -8,12 +8,12 @@ model that is linear in the input. Every method runs on each zoo family, batched
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import calibrate
 from torch import nn
 
-from conftest import calibrate
-from explainers import EXPLAINERS
-from zoo import create_model
-from zoo.base import ZooModel, upsample
+from interpbench.explainers import EXPLAINERS
+from interpbench.zoo import create_model
+from interpbench.zoo.base import ZooModel, upsample
 
 POSTHOC = ["gradcam_pp", "scorecam", "rise", "occlusion", "integrated_gradients"]
 

@@ -16,15 +16,21 @@ import numpy as np
 import pytest
 import torch
 
-from data import load_dataset
-from data.base import to_float
-from metrics import METRICS
-from metrics._quantus_common import (average_ranks, baseline_value, pearson, preprocess_attributions,
-                                     quantus_numpy_compat, spearman)
-from metrics.base import Batch
-from metrics.pixel_flipping import uniform_draws
+from interpbench.data import load_dataset
+from interpbench.data.base import to_float
+from interpbench.metrics import METRICS
+from interpbench.metrics._quantus_common import (
+    average_ranks,
+    baseline_value,
+    pearson,
+    preprocess_attributions,
+    quantus_numpy_compat,
+    spearman,
+)
+from interpbench.metrics.base import Batch
+from interpbench.metrics.pixel_flipping import uniform_draws
+from interpbench.zoo.base import ZooModel
 from tests.conftest import TINY_DATA
-from zoo.base import ZooModel
 
 quantus = pytest.importorskip("quantus")
 quantus_numpy_compat()

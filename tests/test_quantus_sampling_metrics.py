@@ -11,18 +11,17 @@ them to our batched code.
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_DATA
 from torch import nn
 
-from metrics import METRICS
-from metrics._quantus_common import pearson
-from metrics.base import Batch
-from metrics.faithfulness_correlation import FaithfulnessCorrelation
-from metrics.region_perturbation import patch_ids
-from metrics.road import ROAD, linear_imputation
-from metrics.sufficiency import standardised_distances
-from zoo.base import ZooModel
-
-from conftest import TINY_DATA
+from interpbench.metrics import METRICS
+from interpbench.metrics._quantus_common import pearson
+from interpbench.metrics.base import Batch
+from interpbench.metrics.faithfulness_correlation import FaithfulnessCorrelation
+from interpbench.metrics.region_perturbation import patch_ids
+from interpbench.metrics.road import ROAD, linear_imputation
+from interpbench.metrics.sufficiency import standardised_distances
+from interpbench.zoo.base import ZooModel
 
 QUANTUS_WARNINGS = pytest.mark.filterwarnings("ignore")
 
@@ -64,8 +63,8 @@ class LinearModel(ZooModel):
 
 @pytest.fixture(scope="module")
 def data():
-    from data import load_dataset
-    from data.base import to_float
+    from interpbench.data import load_dataset
+    from interpbench.data.base import to_float
 
     test = load_dataset(TINY_DATA).test
     x = to_float(test.images[:8])

@@ -2,11 +2,11 @@ from pathlib import Path
 
 import pytest
 
-from bench.registry import DuplicateNameError, Registry, UnknownNameError
-from data import DATASETS
-from explainers import EXPLAINERS
-from metrics import METRICS
-from zoo import MODELS
+from interpbench.data import DATASETS
+from interpbench.explainers import EXPLAINERS
+from interpbench.metrics import METRICS
+from interpbench.registry import DuplicateNameError, Registry, UnknownNameError
+from interpbench.zoo import MODELS
 
 
 def make_registry():
@@ -72,7 +72,7 @@ def test_every_model_declares_family_recipe_and_a_registered_parent(name):
     import yaml
 
     info = MODELS.info(name)
-    conf = Path(__file__).resolve().parents[1] / "runners" / "conf" / "profile"
+    conf = Path(__file__).resolve().parents[1] / "interpbench" / "conf" / "profile"
     for profile in ("cpu.yaml", "paper.yaml"):
         assert info["recipe"] in yaml.safe_load((conf / profile).read_text())["recipes"]
     assert info["family"]

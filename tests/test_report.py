@@ -12,11 +12,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import TINY_DATA, TINY_RECIPE, random_fa_cnn
-from runners.leaderboard import (
-    OVER_IMAGES, OVER_SEEDS, bootstrap_interval, pivot, summary_table, tidy_table, write_leaderboard,
+
+from interpbench.core import CellResult
+from interpbench.report.stats import bootstrap_interval
+from interpbench.report.tables import (
+    OVER_IMAGES,
+    OVER_SEEDS,
+    pivot,
+    summary_table,
+    tidy_table,
 )
+from interpbench.report.write import write_leaderboard
 
 ROOT = Path(__file__).resolve().parents[1]
 CURVE_X = [0.0, 0.25, 0.5, 0.75, 1.0]
@@ -26,14 +33,17 @@ def fake_cell(model, explainer, label, per_image, seed=0, higher=True, metric=No
               curve=None):
     per_image = [None if v != v else float(v) for v in per_image]
     values = np.array([np.nan if v is None else v for v in per_image])
-    return {
-        "key": f"{model}-{explainer}-{label}-{seed}", "model": model, "explainer": explainer,
-        "metric": metric or label, "label": label, "higher_is_better": higher, "flag": flag,
-        "data": "synthetic", "seed": seed, "size": "cpu", "score": float(np.nanmean(values)),
-        "per_image": per_image, "curve_x": CURVE_X if curve else None, "curve": curve,
-        "num_images": len(per_image), "test_accuracy": accuracy, "model_key": f"{model}-{seed}",
-        "seconds": 1.0, "git_commit": "abc123", "torch": torch.__version__,
-    }
+    cell = {"train": {"model": model, "data": {"name": "synthetic"}, "seed": seed}, "explainer": explainer,
+            "explainer_args": {}, "metric": metric or label, "metric_args": {}, "num_images": 40,
+            "target": "predicted", "eval_seed": 0}
+    return CellResult(
+        cell=cell, key=f"{model}-{explainer}-{label}-{seed}", model=model, explainer=explainer,
+        explainer_label=explainer, metric=metric or label, label=label, higher_is_better=higher, flag=flag,
+        data="synthetic", seed=seed, size="cpu", score=float(np.nanmean(values)),
+        per_image=per_image, curve_x=CURVE_X if curve else None, curve=curve,
+        num_images=len(per_image), test_accuracy=accuracy, model_key=f"{model}-{seed}",
+        seconds=1.0, git_commit="abc123", torch=torch.__version__,
+    )
 
 
 def fake_results():
@@ -154,17 +164,17 @@ def test_tables_match_the_stored_cells(tmp_path):
         ("alpha", "native"), ("alpha", "random"), ("beta", "native"), ("beta", "random"),
         ("gamma", "native"), ("gamma", "random")]
     assert len(cells) == len(results) and len(tidy) == len(results)
-    by_cell = {(r["model"], r["explainer"], r["label"]): r for r in results}
+    by_cell = {(r.model, r.explainer, r.label): r for r in results}
     for row in board.itertuples(index=False):
         record = dict(zip(board.columns, row))
-        assert record["accuracy"] == by_cell[(row.model, row.explainer, "pixel_removal")]["test_accuracy"]
+        assert record["accuracy"] == by_cell[(row.model, row.explainer, "pixel_removal")].test_accuracy
         assert record["interval"] == OVER_IMAGES and record["seeds"] == 1
         for label in ("pixel_removal", "deletion", "insertion", "model_randomisation"):
             cell = by_cell.get((row.model, row.explainer, label))
             if cell is None:
                 assert np.isnan(record[label])
                 continue
-            values = [v for v in cell["per_image"] if v is not None]
+            values = [v for v in cell.per_image if v is not None]
             assert record[label] == pytest.approx(np.mean(values), abs=1e-12)
             low, high = hand_bootstrap(values)
             assert record[f"{label}_ci_low"] == pytest.approx(low, abs=1e-12)
@@ -173,9 +183,9 @@ def test_tables_match_the_stored_cells(tmp_path):
 
     markdown = (folder / "leaderboard.md").read_text()
     best = by_cell[("alpha", "native", "pixel_removal")]
-    low, high = hand_bootstrap(best["per_image"])
+    low, high = hand_bootstrap(best.per_image)
     line = next(line for line in markdown.splitlines() if line.startswith("| alpha | native |"))
-    assert f"**{best['score']:.4f}** ± {(high - low) / 2:.4f} (1)" in line
+    assert f"**{best.score:.4f}** ± {(high - low) / 2:.4f} (1)" in line
     assert "pixel_removal ↑" in markdown and "deletion ↓" in markdown and "mean rank ↓" in markdown
     header = next(line for line in markdown.splitlines() if line.startswith("| model |"))
     beta = next(line for line in markdown.splitlines() if line.startswith("| beta | native |"))
@@ -190,18 +200,19 @@ def test_tables_match_the_stored_cells(tmp_path):
 
     assert info["cell_git_commits"] == ["abc123"] and info["versions"]["torch"] == version("torch")
     assert info["cells_config"]["seeds"] == [0] and "report_git_commit" in info
-    assert json.loads((folder / "cells.json").read_text()) == sorted(
-        results, key=lambda r: (r["model"], r["explainer"], r["label"], str(r["seed"]), r["key"]))
+    assert json.loads((folder / "cells.json").read_text()) == [r.to_json() for r in sorted(
+        results, key=lambda r: (r.model, r.explainer, r.label, str(r.seed), r.key))]
     # Figures from the cells alone; those needing the store are reported as skipped.
     for name in ("pixel_removal_curves", "insertion_deletion", "accuracy_vs_faithfulness"):
         assert (folder / f"{name}.png").stat().st_size > 10_000 and (folder / f"{name}.svg").exists()
     assert not (folder / "saliency_grid.png").exists()
     page = (folder / "report.html").read_text()
-    assert "saliency_grid: no cells with a map to show" in page and "<script src" not in page
+    assert ("saliency_grid: no stored figure inputs for alpha/native, beta/native, gamma/native (cells computed "
+            "before figure inputs were stored); rerun the sweep") in page and "<script src" not in page
 
 
 def test_insertion_deletion_figure_has_one_panel_each(tmp_path):
-    from runners.figures import curves_figure
+    from interpbench.report.figures import curves_figure
 
     figure = curves_figure(fake_results(), ["insertion", "deletion"])
     titles = [axes.get_title() for axes in figure.axes if axes.get_visible()]
@@ -218,7 +229,7 @@ def test_insertion_deletion_figure_has_one_panel_each(tmp_path):
 def test_layer_gradcam_matches_captum_at_every_layer():
     from captum.attr import LayerGradCam
 
-    from runners.figures import layer_gradcams
+    from interpbench.engine.figure_inputs import layer_gradcams
 
     model = random_fa_cnn()
     x = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(1))
@@ -232,13 +243,14 @@ def test_layer_gradcam_matches_captum_at_every_layer():
 
 
 def test_morphing_correlation_reads_one_at_the_last_layer():
-    from runners.figures import morph_layers, morphing_figure, render
+    from interpbench.engine.figure_inputs import morph_layers, morphing_inputs
+    from interpbench.report.figures import morphing_figure, render
 
     model = random_fa_cnn(depth=6, channels=40)
     x = torch.rand(12, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     assert (model.class_maps(x)[:, [0, 2]].flatten(2).std(dim=2) > 1e-4).all()  # maps are not constant
     y = torch.tensor([0, 1, 2] * 4)
-    figure, correlations = morphing_figure(model, x, y, classes=[0, 2])
+    figure, correlations = morphing_figure(morphing_inputs(model, x, y, classes=[0, 2]))
     assert sorted(correlations) == [0, 2] and list(correlations[0]) == [0, 1, 2, 3, 4, 5, 6]
     for per_layer in correlations.values():
         assert per_layer[6] > 1 - 1e-9  # Theorem 1: Grad-CAM = class map / (h w) at the last layer
@@ -250,15 +262,16 @@ def test_morphing_correlation_reads_one_at_the_last_layer():
     assert morph_layers(24) == [0, 3, 6, 9, 12, 15, 18, 21, 24] and morph_layers(9) == list(range(10))
     assert morph_layers(10, every=4) == [0, 4, 8, 10]
     with pytest.raises(ValueError, match=r"no images of class\(es\) \[7\]; classes present: \[0, 1, 2\]"):
-        morphing_figure(model, x, y, classes=[7])
-    from zoo import create_model
+        morphing_inputs(model, x, y, classes=[7])
+    from interpbench.zoo import create_model
 
     with pytest.raises(ValueError, match="needs an FA-CNN with the pooling head"):
-        morphing_figure(create_model("fa_cnn_linear", num_classes=10, depth=3, channels=10).eval(), x, y)
+        morphing_inputs(create_model("fa_cnn_linear", num_classes=10, depth=3, channels=10).eval(), x, y)
 
 
 def test_saliency_grid_scales_each_row_together():
-    from runners.figures import normalised, pick_images, saliency_grid
+    from interpbench.engine.figure_inputs import pick_images
+    from interpbench.report.figures import normalised, saliency_grid
 
     maps = np.stack([np.full((4, 4), 2.0), -np.eye(4) * 3.0])
     scaled = normalised(maps)
@@ -277,8 +290,9 @@ def test_saliency_grid_scales_each_row_together():
 @pytest.fixture(scope="module")
 def tiny_store(tmp_path_factory):
     """An FA-CNN (3 layers, 1 epoch) scored by pixel removal with native, gradcam and random maps."""
-    from runners.evaluate import Cell, run_cells
-    from runners.train import TrainSpec, train_model
+    from interpbench.core import Cell, TrainSpec
+    from interpbench.engine.evaluate import run_cells
+    from interpbench.engine.train import train_model
 
     root = tmp_path_factory.mktemp("report")
     store = root / "store"
@@ -304,7 +318,7 @@ def built_report(tiny_store):
     import contextlib
     import io
 
-    from runners.report import main
+    from interpbench.report.build import main
 
     root, store, sweep, results = tiny_store
     out = root / "results"
@@ -315,16 +329,16 @@ def built_report(tiny_store):
 
 
 def test_report_cli_rebuilds_every_report_from_stored_results_alone(built_report, tmp_path):
-    from runners.report import main
+    from interpbench.report.build import main
 
     out, printed, results = built_report
     folder = out / "synthetic"
     assert "# Leaderboard: synthetic" in printed and "report.html" in printed
     board = pd.read_csv(folder / "leaderboard.csv")
-    by_explainer = {r["explainer"]: r for r in results}
+    by_explainer = {r.explainer: r for r in results}
     for row in board.itertuples():
-        assert row.pixel_removal == pytest.approx(by_explainer[row.explainer]["score"], abs=1e-12)
-        assert row.accuracy == by_explainer[row.explainer]["test_accuracy"]
+        assert row.pixel_removal == pytest.approx(by_explainer[row.explainer].score, abs=1e-12)
+        assert row.accuracy == by_explainer[row.explainer].test_accuracy
     # Theorem 1 at work: Grad-CAM ranks pixels as FA-CNN's own maps do, so their rows tie.
     assert board.set_index("explainer").loc["native", "pixel_removal_rank"] == \
         board.set_index("explainer").loc["gradcam", "pixel_removal_rank"] == 1
@@ -348,7 +362,7 @@ def test_report_cli_rebuilds_every_report_from_stored_results_alone(built_report
 
 
 def test_report_cli_reports_a_store_and_rejects_a_bad_path(tiny_store, tmp_path, capsys):
-    from runners.report import main
+    from interpbench.report.build import main
 
     _, store, _, results = tiny_store
     assert main([str(store), "--results-dir", str(tmp_path / "r"), "--no-figures"]) == 0
@@ -453,15 +467,15 @@ def test_report_renders_in_headless_chromium(built_report, tmp_path):
     assert all(width > 300 and height > 150 for _, _, width, height in boxes)  # laid out at a readable size
     assert int(reader.check["data-table-height"]) > 50
     # The leaderboard's numbers are the stored cells' scores.
-    by_explainer = {r["explainer"]: r for r in results}
+    by_explainer = {r.explainer: r for r in results}
     assert len(reader.rows) == 4  # the header row and one per explainer
     for row in reader.rows[1:]:
         cells = {column: (value, text) for column, value, text in row}
         cell = by_explainer[cells["explainer"][0]]
         value, text = cells["pixel_removal"]
-        assert float(value) == pytest.approx(cell["score"], abs=1e-12)
-        assert text.startswith(f"{cell['score']:.4f} ± ")
-        assert float(cells["accuracy"][0]) == cell["test_accuracy"]
+        assert float(value) == pytest.approx(cell.score, abs=1e-12)
+        assert text.startswith(f"{cell.score:.4f} ± ")
+        assert float(cells["accuracy"][0]) == cell.test_accuracy
     # Clicking the header sorts the rows by the numbers, then in reverse.
     ascending = [float(v) for v in reader.check["data-ascending"].split(",")]
     descending = [float(v) for v in reader.check["data-descending"].split(",")]

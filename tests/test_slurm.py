@@ -20,9 +20,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-
-from runners.sweep import run_sweep, sweep_status
 from test_sweep import compose_config, tiny
+
+from interpbench.sweep import run_sweep, sweep_status
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "runners" / "slurm" / "local_cluster.sh"
@@ -106,8 +106,8 @@ def fake_slurm_commands(tmp_path, monkeypatch):
 
 
 def test_launcher_options_become_sbatch_flags(tmp_path, monkeypatch):
-    from bench.storage import plain
-    from runners.launchers import check_slurm, slurm_executor
+    from interpbench.launch.slurm_client import check_slurm, slurm_executor
+    from interpbench.storage import plain
 
     fake_slurm_commands(tmp_path, monkeypatch)
     cfg = compose_config([
@@ -116,7 +116,7 @@ def test_launcher_options_become_sbatch_flags(tmp_path, monkeypatch):
         "launcher.array_parallelism=5", 'launcher.setup=["module load cuda/12.4"]',
         "launcher.extra_sbatch={constraint: a100, exclusive: true}"])
     options = plain(cfg.launcher)
-    assert cfg.launcher.name == "slurm" and check_slurm(options) is None
+    assert cfg.launcher.name == "slurm" and check_slurm() is None
     executor = slurm_executor(tmp_path / "jobs", options, "eval", dependency="afterany:12")
     executor.parameters["map_count"] = 8  # as for an array of 8 tasks
     script = executor._make_submission_file_text("python job.py", "uid").splitlines()
@@ -132,11 +132,11 @@ def test_launcher_options_become_sbatch_flags(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("launcher.group_cells=cell", "error: launcher.group_cells=cell: unknown grouping; valid choices: explainer, model"),
-    ("+launcher.partitions=gpu", "error: launcher.partitions: unknown option; valid options: partition, account, qos,"),
-    ("launcher.time_min=0", "error: launcher.time_min=0: must be an integer >= 1"),
-    ("launcher.cpus_per_task=two", "error: launcher.cpus_per_task=two: must be null or an integer >= 0"),
-    ("launcher.extra_sbatch=5", "error: launcher.extra_sbatch: must be a mapping of sbatch flags"),
+    ("launcher.group_cells=cell", "error: launcher.group_cells must be one of explainer, model, got 'cell'"),
+    ("+launcher.partitions=gpu", "error: unknown key launcher.partitions; valid keys: account, array_parallelism,"),
+    ("launcher.time_min=0", "error: launcher.time_min must be >= 1, got 0"),
+    ("launcher.cpus_per_task=two", "error: launcher.cpus_per_task must be null or an integer, got 'two'"),
+    ("launcher.extra_sbatch=5", "error: launcher.extra_sbatch must be null or a mapping of sbatch flags, got 5"),
 ])
 def test_bad_slurm_options_fail_on_one_line_and_write_nothing(tmp_path, monkeypatch, capsys, override, message):
     fake_slurm_commands(tmp_path, monkeypatch)
@@ -159,9 +159,9 @@ def test_without_slurm_the_launcher_says_so_on_one_line(tmp_path, monkeypatch, c
 def test_claimed_cells_are_computed_by_one_holder_only(tmp_path):
     """The per-cell lock behind 'two sweeps sharing cells never write the same file twice'."""
     from conftest import TINY_DATA, TINY_RECIPE
-    from runners.evaluate import Cell
-    from runners.jobs import claim_cells
-    from runners.train import TrainSpec
+
+    from interpbench.core import Cell, CellResult, TrainSpec
+    from interpbench.engine.jobs import claim_cells
 
     cell = Cell(train=TrainSpec(model="fa_cnn", data=TINY_DATA, recipe=TINY_RECIPE), explainer="random",
                 metric="pixel_removal")
@@ -179,7 +179,11 @@ def test_claimed_cells_are_computed_by_one_holder_only(tmp_path):
         thread.join(timeout=1.0)
         assert thread.is_alive() and "pending" not in seen  # still waiting on the lock
         cell.path(store).parent.mkdir(parents=True)
-        cell.path(store).write_text("{}")
+        cell.path(store).write_text(json.dumps(CellResult(  # a result that fits the schema
+            cell=cell.identity(), key=cell.key(), model="fa_cnn", explainer="random", explainer_label="random",
+            metric="pixel_removal", label="pixel removal", higher_is_better=True, flag=None, data="synthetic",
+            seed=0, size="cpu", score=0.5, per_image=[0.5], curve_x=None, curve=None, num_images=1,
+            test_accuracy=0.5, model_key=cell.train.key(), seconds=0.0, git_commit="x", torch="x").to_json()))
     thread.join(timeout=30)
     assert seen["pending"] == []  # the result exists: nothing left for the second holder
 
@@ -274,7 +278,8 @@ def test_cancelled_tasks_are_resubmitted_alone_and_finished_cells_are_kept(clust
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_a_preempted_training_task_requeues_and_resumes_to_the_uninterrupted_weights(cluster, tmp_path, capsys):
-    from runners.train import TrainSpec, train_model
+    from interpbench.core import TrainSpec
+    from interpbench.engine.train import train_model
 
     epochs = 5
     cfg = on_slurm(tmp_path, "zoo=fa_cnn", "explainer=random", "data.num_train=600",

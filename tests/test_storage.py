@@ -3,7 +3,7 @@ import os
 import stat
 import subprocess
 
-from bench.storage import atomic_write_text, git_commit
+from interpbench.storage import atomic_write_text, git_commit
 
 
 def test_git_commit_is_dirty_for_code_changes_but_not_for_results(tmp_path):

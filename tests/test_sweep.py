@@ -9,12 +9,13 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from data import DATASETS
-from explainers import EXPLAINERS
-from metrics import METRICS
-from metrics.base import Metric
-from runners.sweep import CONFIG_DIR, register_configs, run_sweep
-from zoo import MODELS
+from interpbench.cli import CONFIG_DIR, register_configs
+from interpbench.data import DATASETS
+from interpbench.explainers import EXPLAINERS
+from interpbench.metrics import METRICS
+from interpbench.metrics.base import Metric
+from interpbench.sweep import run_sweep
+from interpbench.zoo import MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,7 +48,7 @@ def test_every_dataset_is_a_config_option(name):
 @pytest.mark.parametrize("profile", ["cpu", "paper"])
 @pytest.mark.parametrize("launcher", ["local", "debug"])
 def test_profiles_hold_a_recipe_for_every_model(profile, launcher):
-    from runners.train import check_recipe
+    from interpbench.engine.train import check_recipe
 
     cfg = compose_config([f"profile={profile}", f"launcher={launcher}"])
     assert cfg.launcher.name == launcher and cfg.profile.size == profile
@@ -67,7 +68,7 @@ def test_every_explainer_and_metric_has_its_arguments_in_the_config():
     ("explainer=[gradcm]", "error: explainer=gradcm: unknown explainer 'gradcm'. Did you mean gradcam"),
     ("metric=pixel_remove", "error: metric=pixel_remove: unknown metric 'pixel_remove'. Did you mean pixel_removal?"),
     ("metrics.pixel_removal.order=up", "error: metrics.pixel_removal: unknown order 'up'; valid orders:"),
-    ("profile.recipes.fa_minimal.optimizer=lbfgs", "error: profile.recipes.fa_minimal: unknown optimizer 'lbfgs'"),
+    ("profile.recipes.fa_minimal.optimizer=lbfgs", "error: profile.recipes.fa_minimal.optimizer must be one of sgd, adamw, got 'lbfgs'"),
 ])
 def test_bad_names_fail_on_one_line_and_write_nothing(tmp_path, capsys, override, message):
     status = run_sweep(tiny(tmp_path, override))
@@ -110,7 +111,7 @@ def test_the_script_rejects_unknown_group_options_on_one_line(tmp_path, argument
 
 
 def test_scored_images_are_a_seeded_sample_across_classes():
-    from runners.evaluate import evaluation_indices
+    from interpbench.engine.evaluate import evaluation_indices
 
     indices = evaluation_indices(1000, 50, seed=0)
     assert torch.equal(indices, evaluation_indices(1000, 50, seed=0))
@@ -177,7 +178,7 @@ def test_derived_models_share_one_parent_checkpoint_across_parallel_jobs(tmp_pat
     records = [json.loads(p.read_text()) for p in models.glob("*/record.json")]
     derived = {r["model"]: r for r in records if r["model"] != "resnet18"}
     assert sorted(derived) == ["ca_stream_resnet18", "kmeans_resnet18_b4"]
-    from bench.storage import stable_hash
+    from interpbench.storage import stable_hash
 
     assert all(stable_hash(r["spec"]["parent"]) == parent_key for r in derived.values())
     board = pd.read_csv(tmp_path / "results" / "synthetic" / "leaderboard.csv")

@@ -1,13 +1,18 @@
 """Training: the checkpoint cache, resuming after an interruption, recipe checks, augmentation."""
 import pytest
 import torch
-
 from conftest import TINY_DATA, TINY_RECIPE
-from runners.train import (
-    TrainSpec, check_recipe, learning_rate, load_trained, multiply_accumulates, random_crop_flip,
+
+from interpbench.core import TrainSpec
+from interpbench.engine.train import (
+    check_recipe,
+    learning_rate,
+    load_trained,
+    multiply_accumulates,
+    random_crop_flip,
     train_model,
 )
-from zoo import create_model
+from interpbench.zoo import create_model
 
 
 def spec(**changes):
@@ -44,13 +49,13 @@ def test_an_interrupted_run_resumes_to_the_same_weights(store, tmp_path):
 
 
 def test_load_trained_returns_the_recorded_model(store):
-    from data import load_dataset
+    from interpbench.data import load_dataset
 
     trained = spec()
     dataset = load_dataset(TINY_DATA)
     model, record = load_trained(trained, store, dataset, device="cpu")
     assert not model.training
-    from runners.train import evaluate_accuracy
+    from interpbench.engine.train import evaluate_accuracy
 
     assert evaluate_accuracy(model, dataset.test, torch.device("cpu")) == record["test_accuracy"]
 
@@ -122,7 +127,7 @@ def test_training_lock_lets_one_holder_in_at_a_time(tmp_path):
     import threading
     import time
 
-    from runners.train import training_lock
+    from interpbench.engine.train import training_lock
 
     events, first_inside = [], threading.Event()
 

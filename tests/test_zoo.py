@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from zoo import MODELS, create_model
-from zoo.base import ZooModel, resolve_target, upsample
-from zoo.dynamic import DynamicLinearModel
+from interpbench.zoo import MODELS, create_model
+from interpbench.zoo.base import ZooModel, resolve_target, upsample
+from interpbench.zoo.dynamic import DynamicLinearModel
 
 NUM_CLASSES = 10
 

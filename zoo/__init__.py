@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.registry import Registry
+from interpbench.registry import Registry
 
 MODELS = Registry("model")
 
@@ -18,9 +18,9 @@ def create_model(name: str, **kwargs: Any) -> "ZooModel":
     return MODELS.create(name, **kwargs)
 
 
-from bench.discovery import import_submodules  # noqa: E402
-import zoo as _self  # noqa: E402
+import interpbench.zoo as _self  # noqa: E402
+from interpbench.discovery import import_submodules  # noqa: E402
 
 import_submodules(_self)
 
-from zoo.base import ZooModel  # noqa: E402,F401
+from interpbench.zoo.base import ZooModel  # noqa: E402,F401

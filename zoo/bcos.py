@@ -56,9 +56,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo import MODELS
-from zoo.dynamic import DynamicLinearModel
-from zoo.resnet import TimmResNet
+from interpbench.zoo import MODELS
+from interpbench.zoo.dynamic import DynamicLinearModel
+from interpbench.zoo.resnet import TimmResNet
 
 DEFAULT_B = 2.0
 PATCH_NORM_EPS = 1e-6  # added to ||x||^2 before the square root: a zero patch has cos = 0

@@ -37,13 +37,19 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from zoo import MODELS
-from zoo.base import ZooModel
-from zoo.bcos import (
-    BcosConv2d, BcosTimmNet, UncenteredBatchNorm2d, BcosUnit, check_b, check_loss,
-    first_conv_name, replace_modules,
+from interpbench.zoo import MODELS
+from interpbench.zoo.base import ZooModel
+from interpbench.zoo.bcos import (
+    BcosConv2d,
+    BcosTimmNet,
+    BcosUnit,
+    UncenteredBatchNorm2d,
+    check_b,
+    check_loss,
+    first_conv_name,
+    replace_modules,
 )
-from zoo.resnet import WIDTHS, TimmResNet
+from interpbench.zoo.resnet import WIDTHS, TimmResNet
 
 
 class BcosifiedResNet(BcosTimmNet):

@@ -26,9 +26,9 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from zoo import MODELS
-from zoo.base import Target, upsample
-from zoo.resnet import FrozenResNetModel
+from interpbench.zoo import MODELS
+from interpbench.zoo.base import Target, upsample
+from interpbench.zoo.resnet import FrozenResNetModel
 
 
 class CAStreamResNet(FrozenResNetModel):

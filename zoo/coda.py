@@ -55,8 +55,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo import MODELS
-from zoo.dynamic import DynamicLinearModel
+from interpbench.zoo import MODELS
+from interpbench.zoo.dynamic import DynamicLinearModel
 
 KERNEL_SIZES = (3, 3, 3, 3, 3, 3, 3, 3, 1)
 STRIDES = (1, 1, 2, 1, 1, 2, 1, 1, 1)

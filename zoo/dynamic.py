@@ -20,7 +20,7 @@ from typing import Iterator, Optional, Tuple
 import torch
 from torch import nn
 
-from zoo.base import Target, ZooModel, resolve_target
+from interpbench.zoo.base import Target, ZooModel, resolve_target
 
 
 def encode_x_one_minus_x(x: torch.Tensor) -> torch.Tensor:

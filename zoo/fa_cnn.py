@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo import MODELS
-from zoo.base import Target, ZooModel, resolve_target, upsample
+from interpbench.zoo import MODELS
+from interpbench.zoo.base import Target, ZooModel, resolve_target, upsample
 
 # depth N_D and channels per class (the CPU profile) or total channels C (the paper's).
 SIZES = {

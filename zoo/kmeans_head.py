@@ -32,9 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo import MODELS
-from zoo.base import Target, ZooModel, resolve_target, upsample
-from zoo.resnet import FrozenResNetModel
+from interpbench.images import to_float
+from interpbench.zoo import MODELS
+from interpbench.zoo.base import Target, ZooModel, resolve_target, upsample
+from interpbench.zoo.resnet import FrozenResNetModel
 
 FEATURES = {"b4": (3,), "b234": (1, 2, 3)}  # indices into the four stage outputs
 
@@ -126,8 +127,6 @@ class KMeansHeadResNet(FrozenResNetModel):
     def init_from_parent(self, parent: ZooModel, train) -> None:
         """Copy the trained ResNet into the frozen backbone, then fit the prototypes by k-means
         on the pooled features of ``train`` (the training split), class by class."""
-        from data.base import to_float
-
         super().init_from_parent(parent)
         self.eval()
         device = self.prototypes.device

@@ -12,8 +12,8 @@ from typing import Any, List, Sequence
 import torch
 from torch import nn
 
-from zoo import MODELS
-from zoo.base import ZooModel
+from interpbench.zoo import MODELS
+from interpbench.zoo.base import ZooModel
 
 WIDTHS = {"cpu": (16, 32, 64, 128), "paper": (64, 128, 256, 512)}
 CIFAR_STEM_MAX_SIZE = 64

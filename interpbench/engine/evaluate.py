@@ -2,61 +2,37 @@
 
 A cell's result is one JSON file under ``<store>/cells/``, named by the cell's hash and written
 atomically, with the cell's config and the git commit beside the scores. A cell whose file
-exists is never recomputed. Saliency maps are cached per (model, explainer, images) under
+exists is never recomputed (one that does not fit its schema is quarantined and computed again:
+:mod:`interpbench.integrity`). Saliency maps are cached per (model, explainer, images) under
 ``<store>/saliency/``, so metrics that share them compute them once.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+import traceback
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from bench.storage import atomic_torch_save, atomic_write_json, git_commit, plain, read_json, stable_hash
-from data import load_dataset
-from data.base import Dataset, to_float
-from explainers import EXPLAINERS
-from metrics import METRICS
-from metrics.base import Batch
-from runners.train import TrainSpec, load_trained, resolve_device
-from zoo.base import ZooModel
-
-TARGETS = ("predicted", "label")
-
-
-@dataclass(frozen=True)
-class Cell:
-    train: TrainSpec
-    explainer: str
-    metric: str
-    explainer_args: Dict[str, Any] = field(default_factory=dict)
-    metric_args: Dict[str, Any] = field(default_factory=dict)
-    num_images: int = 500
-    batch_size: int = 250
-    target: str = "predicted"  # which class the explainer explains
-    eval_seed: int = 0  # picks the scored test images
-
-    def identity(self) -> Dict[str, Any]:
-        return {
-            "train": self.train.identity(), "explainer": self.explainer,
-            "explainer_args": plain(self.explainer_args), "metric": self.metric,
-            "metric_args": plain(self.metric_args), "num_images": self.num_images,
-            "target": self.target, "eval_seed": self.eval_seed,
-        }
-
-    def key(self) -> str:
-        return stable_hash(self.identity())
-
-    def path(self, store: Path) -> Path:
-        return Path(store) / "cells" / f"{self.train.model}__{self.explainer}__{self.metric}-{self.key()}.json"
-
-    def saliency_path(self, store: Path) -> Path:
-        # Everything that fixes the maps: the cell's identity less its metric.
-        saliency_key = stable_hash({k: v for k, v in self.identity().items()
-                                    if k not in ("metric", "metric_args")})
-        return Path(store) / "saliency" / f"{self.train.model}__{self.explainer}-{saliency_key}.pt"
+from interpbench.core import TARGETS, Cell, CellResult, explainer_label_of
+from interpbench.data import load_dataset
+from interpbench.data.base import Dataset, to_float
+from interpbench.engine.figure_inputs import store_figure_inputs
+from interpbench.engine.train import load_trained, resolve_device
+from interpbench.explainers import EXPLAINERS
+from interpbench.integrity import cell_result as verified_cell_result
+from interpbench.integrity import load_verified, torch_file, write_sidecar
+from interpbench.launch.base import last_lines
+from interpbench.metrics import METRICS
+from interpbench.metrics.base import Batch
+from interpbench.storage import (
+    atomic_torch_save,
+    atomic_write_json,
+    git_commit,
+    plain,
+)
+from interpbench.zoo.base import ZooModel
 
 
 def evaluation_indices(num_test: int, num_images: int, seed: int = 0) -> torch.Tensor:
@@ -102,22 +78,24 @@ def make_explainer(cell: Cell, model: ZooModel):
 def compute_saliency(cell: Cell, model: ZooModel, images: Dict[str, torch.Tensor], store: Path,
                      progress: bool = False, targets: Optional[torch.Tensor] = None) -> torch.Tensor:
     path = cell.saliency_path(store)
-    if path.exists():
-        return torch.load(path, map_location="cpu")
+    cached = load_verified(path, Path(store), torch_file)  # a corrupt cache is quarantined: computed again
+    if cached is not None:
+        return cached
     explainer = make_explainer(cell, model)
     targets = explain_targets(cell, model, images) if targets is None else targets
     saliency = explainer.explain_all(model, images["x"], targets, cell.batch_size, progress=progress)
     atomic_torch_save(saliency, path)
+    write_sidecar(path)  # after it: its size and sha256
     return saliency
 
 
 def run_cell(cell: Cell, store: Path, device: str = "auto", progress: bool = False,
              model: Optional[ZooModel] = None, record: Optional[Dict[str, Any]] = None,
-             dataset: Optional[Dataset] = None) -> Dict[str, Any]:
+             dataset: Optional[Dataset] = None) -> CellResult:
     """Compute ``cell`` unless its result file exists; return the result (errors raise)."""
-    path = cell.path(store)
-    if path.exists():
-        return read_json(path)
+    done = verified_cell_result(cell, Path(store))  # None: missing, or corrupt and quarantined
+    if done is not None:
+        return done
     results, errors = run_cells([cell], store, device=device, progress=progress, model=model,
                                 record=record, dataset=dataset)
     if errors:
@@ -127,7 +105,7 @@ def run_cell(cell: Cell, store: Path, device: str = "auto", progress: bool = Fal
 
 def run_cells(cells: List[Cell], store: Path, device: str = "auto", progress: bool = False,
               model: Optional[ZooModel] = None, record: Optional[Dict[str, Any]] = None,
-              dataset: Optional[Dataset] = None) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, str]]:
+              dataset: Optional[Dataset] = None) -> Tuple[Dict[str, CellResult], Dict[str, str]]:
     """Compute the cells of one trained model that have no result file yet.
 
     Cells that share the explained images (same explainer, images and target) are computed as a
@@ -136,16 +114,13 @@ def run_cells(cells: List[Cell], store: Path, device: str = "auto", progress: bo
     Each cell still gets its own result file. Returns ``(results by key, errors by key)``; a cell
     that raises is reported with its traceback's last lines and the others go on.
     """
-    import traceback
-
-    from runners.launchers import last_lines
-
-    results: Dict[str, Dict[str, Any]] = {}
+    results: Dict[str, CellResult] = {}
     errors: Dict[str, str] = {}
     pending = []
     for cell in cells:
-        if cell.path(store).exists():
-            results[cell.key()] = read_json(cell.path(store))
+        done = verified_cell_result(cell, Path(store))  # None: missing, or corrupt and quarantined
+        if done is not None:
+            results[cell.key()] = done
         else:
             pending.append(cell)
     if not pending:
@@ -173,6 +148,9 @@ def run_cells(cells: List[Cell], store: Path, device: str = "auto", progress: bo
             for cell in group:
                 errors[cell.key()] = last_lines(traceback.format_exc())
             continue
+        # What the report's saliency grid and FA-CNN morphing figure draw, stored beside the cells
+        # (interpbench.engine.figure_inputs: its own explainer, skipped when stored, never fails a cell).
+        store_figure_inputs(first, model, images, dataset, store)
         metrics: Dict[str, Any] = {}
         for cell in group:
             try:
@@ -209,35 +187,36 @@ def run_cells(cells: List[Cell], store: Path, device: str = "auto", progress: bo
             metric = metrics[cell.key()]
             merged = {name: torch.cat(values) for name, values in outputs[cell.key()].items()}
             result = cell_result(cell, metric, merged, record, seconds[cell.key()] + explain_seconds)
-            atomic_write_json(cell.path(store), result)
+            atomic_write_json(cell.path(store), result.to_json())
             results[cell.key()] = result
     return results, errors
 
 
 def cell_result(cell: Cell, metric: Any, merged: Dict[str, torch.Tensor], record: Dict[str, Any],
-                seconds: float) -> Dict[str, Any]:
+                seconds: float) -> CellResult:
     scores = merged["score"]
     score = float(scores.nanmean()) if scores.numel() else float("nan")
-    return {
-        "cell": cell.identity(),
-        "key": cell.key(),
-        "model": cell.train.model,
-        "explainer": cell.explainer,
-        "metric": cell.metric,
-        "label": metric.label,
-        "higher_is_better": metric.higher_is_better,
-        "flag": metric.flag(score),
-        "data": plain(cell.train.data).get("name"),
-        "seed": cell.train.seed,
-        "size": cell.train.size,
-        "score": score,
-        "per_image": [None if v != v else round(float(v), 6) for v in scores],
-        "curve_x": metric.curve_x,
-        "curve": None if "curve" not in merged else [float(v) for v in merged["curve"].nanmean(0)],
-        "num_images": int(scores.shape[0]),
-        "test_accuracy": record["test_accuracy"],
-        "model_key": record["key"],
-        "seconds": round(seconds, 2),
-        "git_commit": git_commit(),
-        "torch": torch.__version__,
-    }
+    return CellResult(
+        cell=cell.identity(),
+        key=cell.key(),
+        model=cell.train.model,
+        explainer=cell.explainer,
+        explainer_label=explainer_label_of(cell.explainer, cell.explainer_args),
+        metric=cell.metric,
+        label=metric.label,
+        higher_is_better=bool(metric.higher_is_better),
+        flag=metric.flag(score),
+        data=str(plain(cell.train.data).get("name")),
+        seed=int(cell.train.seed),
+        size=str(cell.train.size),
+        score=score,
+        per_image=[None if v != v else round(float(v), 6) for v in scores],
+        curve_x=metric.curve_x,
+        curve=None if "curve" not in merged else [float(v) for v in merged["curve"].nanmean(0)],
+        num_images=int(scores.shape[0]),
+        test_accuracy=float(record["test_accuracy"]),
+        model_key=str(record["key"]),
+        seconds=round(seconds, 2),
+        git_commit=git_commit(),
+        torch=torch.__version__,
+    )

@@ -13,8 +13,9 @@ import json
 import os
 import subprocess
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 HOME_ENV = "INTERPBENCH_HOME"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -24,6 +25,33 @@ def work_dir(override: Optional[str] = None) -> Path:
     """The work directory: ``override``, else ``$INTERPBENCH_HOME``, else ``~/.cache/interpbench``."""
     path = override or os.environ.get(HOME_ENV) or "~/.cache/interpbench"
     return Path(path).expanduser().resolve()
+
+
+_store_in_use: Optional[Path] = None  # set by using_store(): where decoded data goes
+
+
+def store_dir() -> Path:
+    """The store in use (:func:`using_store`), else the work directory."""
+    return _store_in_use or work_dir()
+
+
+def data_dir() -> Path:
+    """Where decoded datasets are cached: ``<store>/data`` of the store in use (:func:`using_store`),
+    else ``<work directory>/data``."""
+    return store_dir() / "data"
+
+
+@contextmanager
+def using_store(store: Optional[Path]) -> Iterator[None]:
+    """Keep this process's decoded data in ``store`` (``<store>/data``) for the block; sweeps, training
+    and status enter it with their ``store=``, and each job with its store, in whatever process it runs."""
+    global _store_in_use
+    saved = _store_in_use
+    _store_in_use = None if store is None else Path(store).expanduser().resolve()
+    try:
+        yield
+    finally:
+        _store_in_use = saved
 
 
 def stable_hash(obj: Any, length: int = 12) -> str:

@@ -18,7 +18,15 @@ from typing import Any, Dict, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from bench.storage import atomic_write_text
+from interpbench.report.tables import (
+    FLAG,
+    directions,
+    flag_lines,
+    interval_sentence,
+    leaderboard_entries,
+    rank_sentence,
+)
+from interpbench.storage import atomic_write_text
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 auto; max-width: 1400px;
@@ -110,7 +118,6 @@ def frame_table(frame: pd.DataFrame, table_id: str, formats: Optional[Dict[str, 
 
 
 def leaderboard_table(table: pd.DataFrame, higher: Dict[str, bool], summary: pd.DataFrame) -> str:
-    from runners.leaderboard import FLAG, leaderboard_entries
 
     columns, headers, rows, _ = leaderboard_entries(table, higher, summary)
     head = "".join(f"<th scope=\"col\" data-column=\"{esc(c)}\">{esc(h)}</th>" for c, h in zip(columns, headers))
@@ -156,7 +163,6 @@ def figure_block(folder: Path, drawn: Any) -> str:
 def render_html(folder: Path, data_name: str, table: pd.DataFrame, summary: pd.DataFrame, tidy: pd.DataFrame,
                 info: Dict[str, Any], drawn: Sequence[Any], skipped: Sequence[str],
                 rank_metrics: Optional[Sequence[str]] = None) -> str:
-    from runners.leaderboard import directions, flag_lines, interval_sentence, rank_sentence
 
     higher = directions(tidy)
     intervals = sorted(set(summary["interval"])) if len(summary) else []

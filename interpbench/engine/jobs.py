@@ -17,20 +17,26 @@ missing cell).
 from __future__ import annotations
 
 import fcntl
+import functools
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
-from runners.evaluate import Cell, run_cells
-from runners.train import TrainSpec, load_trained, train_model
+from interpbench.core import Cell, TrainSpec
+from interpbench.data import load_dataset
+from interpbench.engine.evaluate import run_cells
+from interpbench.engine.train import load_trained, train_model
+from interpbench.integrity import cell_done, model_trained
+from interpbench.storage import using_store
 
 
 @contextmanager
 def claim_cells(cells: List[Cell], store: str) -> Iterator[List[Cell]]:
     """Lock each cell without a result (in one global order, so that jobs never deadlock), then
-    yield those that still have none; the locks are held until the block ends."""
-    pending = [cell for cell in cells if not cell.path(store).exists()]
+    yield those that still have none; the locks are held until the block ends. A corrupt result
+    counts as none (it is quarantined)."""
+    pending = [cell for cell in cells if not cell_done(cell, Path(store))]
     folder = Path(store) / "locks"
     folder.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
@@ -38,7 +44,17 @@ def claim_cells(cells: List[Cell], store: str) -> Iterator[List[Cell]]:
             handle = stack.enter_context(open(folder / (cell.path(store).stem + ".lock"), "a"))
             fcntl.flock(handle, fcntl.LOCK_EX)
             stack.callback(fcntl.flock, handle, fcntl.LOCK_UN)
-        yield [cell for cell in pending if not cell.path(store).exists()]
+        yield [cell for cell in pending if not cell_done(cell, Path(store))]
+
+
+def in_its_store(call: Any) -> Any:
+    """Run a job's ``__call__`` with its decoded data kept in its store (``<store>/data``), in the
+    process the launcher runs it in."""
+    @functools.wraps(call)
+    def wrapped(self: Any) -> Any:
+        with using_store(Path(self.store)):
+            return call(self)
+    return wrapped
 
 
 @dataclass
@@ -51,15 +67,15 @@ class ModelJob:
     progress: bool = True
     train: bool = True  # False: the model must be trained already (an evaluation task on SLURM)
 
+    @in_its_store
     def __call__(self) -> Dict[str, Any]:
         import torch
 
-        from data import load_dataset
 
         if self.threads:
             torch.set_num_threads(self.threads)
         errors: Dict[str, str] = {}
-        if not self.train and not (self.spec.folder(self.store) / "record.json").exists():
+        if not self.train and not model_trained(self.spec, Path(self.store)):
             raise RuntimeError(
                 f"{self.spec.model} (seed {self.spec.seed}) has no trained checkpoint in "
                 f"{self.spec.folder(self.store)}: its training task failed or was cancelled (see its log); "
@@ -92,6 +108,7 @@ class TrainJob:
     threads: Optional[int] = None
     progress: bool = False
 
+    @in_its_store
     def __call__(self) -> Dict[str, Any]:
         import torch
 

@@ -12,9 +12,7 @@
 - ``saliency_grid`` (FA-CNN paper, Figures 1 and 5): for a few scored test images of different
   classes, the image, then every model's and explainer's map for the true class. Each map is
   divided by its largest absolute value so all maps of a row share one colour scale ([0, 1], or
-  [-1, 1] when a map of the row has negative values). Needs the trained checkpoints in the store;
-  the maps are recomputed for the true class on the few images shown (the cached maps explain the
-  predicted class).
+  [-1, 1] when a map of the row has negative values).
 - ``fa_cnn_morphing``: FA-CNN's class maps (the mean of the class's channels, ``class_maps``)
   averaged over the scored test images of a class, at every layer (every k-th when there are more
   than 12), beside Grad-CAM (on that layer's output, no ReLU; equal to captum's ``LayerGradCam``)
@@ -22,29 +20,41 @@
   under each pair. At the last layer, which feeds the pooling head, Grad-CAM is the class map
   divided by h * w (the paper's Theorem 1), so the correlation reads 1.00 there.
 
-The last two need the store (checkpoints, decoded data); without them they are skipped and the
-reason is returned (and printed by the leaderboard writer).
+The last two are drawn from the figure inputs stored beside the cells when they were computed
+(:mod:`interpbench.report.inputs`, written by :mod:`interpbench.engine.figure_inputs`), copied into
+the results folder's ``figure_inputs/``: a report loads no model, dataset or explainer. Without
+those inputs they are skipped and the reason is returned (and printed by the leaderboard writer).
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import math
-import os
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from bench.storage import atomic_write_bytes
+from interpbench.core import CellResult
+from interpbench.report.inputs import (
+    FOLDER,
+    FigureInputs,
+    FigureInputsError,
+    Morphing,
+    inputs_name,
+    read_figure_inputs,
+)
+from interpbench.report.tables import directions, pivot, tidy_table
+from interpbench.storage import atomic_write_bytes, read_json, stable_hash, work_dir
 
 INSERTION_DELETION = ("insertion", "deletion")
 Y_LABELS = {"pixel_removal": "top-1 accuracy", "insertion": "probability of the explained class",
             "deletion": "probability of the explained class"}
 X_LABELS = {"pixel_removal": "pixels removed (%)", "deletion": "pixels deleted (%)",
             "insertion": "pixels inserted (%)"}
-MAX_MORPH_COLUMNS = 12
+MISSING_INPUTS = ("cells computed before figure inputs were stored); rerun the sweep with an empty store, or run "
+                  "`python -m interpbench.engine.figure_backfill <store>` and the report again")
 
 
 @dataclass
@@ -92,38 +102,37 @@ def model_colours(models: Sequence[str]) -> Dict[str, Any]:
     return {m: cmap(i % cmap.N) for i, m in enumerate(models)}
 
 
-def chosen_layer(results: Sequence[Dict[str, Any]], layer: Optional[int] = None) -> List[Dict[str, Any]]:
+def chosen_layer(results: Sequence[CellResult], layer: Optional[int] = None) -> List[CellResult]:
     """Cells whose explainer has no ``layer`` argument, or whose ``layer`` is ``layer``."""
     kept = []
     for result in results:
-        args = ((result.get("cell") or {}).get("explainer_args")) or {}
+        args = result.explainer_args
         if "layer" not in args or args["layer"] == layer:
             kept.append(result)
     return kept
 
 
-def mean_curve(cells: Sequence[Dict[str, Any]]) -> Tuple[np.ndarray, np.ndarray]:
+def mean_curve(cells: Sequence[CellResult]) -> Tuple[np.ndarray, np.ndarray]:
     """The curve averaged over the cells (seeds) that share its x-axis."""
     first = cells[0]
-    x = np.asarray(first.get("curve_x") or np.linspace(0.0, 1.0, len(first["curve"])), dtype=float)
-    curves = [np.asarray(c["curve"], dtype=float) for c in cells if len(c["curve"]) == len(x)]
+    x = np.asarray(first.curve_x or np.linspace(0.0, 1.0, len(first.curve)), dtype=float)
+    curves = [np.asarray(c.curve, dtype=float) for c in cells if len(c.curve) == len(x)]
     return x, np.nanmean(np.stack(curves), axis=0)
 
 
-def curves_figure(results: Sequence[Dict[str, Any]], labels: Sequence[str], layer: Optional[int] = None,
+def curves_figure(results: Sequence[CellResult], labels: Sequence[str], layer: Optional[int] = None,
                   title: str = ""):
     """Mean curves of the metric ``labels``: panels (explainer x label), a line per model, each
     model's random baseline dashed in the model's colour. Returns the matplotlib figure."""
-    from runners.leaderboard import explainer_label
 
     plt = pyplot()
-    chosen = [r for r in chosen_layer(results, layer) if r.get("label") in labels and r.get("curve")]
+    chosen = [r for r in chosen_layer(results, layer) if r.label in labels and r.curve]
     if not chosen:
         raise ValueError(f"no curves for {', '.join(labels)}; labels with curves: "
-                         f"{', '.join(sorted({r['label'] for r in results if r.get('curve')})) or 'none'}")
-    named = [(explainer_label(r), r) for r in chosen]
+                         f"{', '.join(sorted({r.label for r in results if r.curve})) or 'none'}")
+    named = [(r.explainer_label, r) for r in chosen]
     explainers = sorted({e for e, _ in named if e != "random"}) or ["random"]
-    models = sorted({r["model"] for r in chosen})
+    models = sorted({r.model for r in chosen})
     colours = model_colours(models)
     if len(labels) == 1:
         columns = min(3, len(explainers))
@@ -134,18 +143,18 @@ def curves_figure(results: Sequence[Dict[str, Any]], labels: Sequence[str], laye
         panels = [(label, e) for e in explainers for label in labels]
     figure, grid = plt.subplots(rows, columns, figsize=(4.2 * columns + 2.2, 3.2 * rows + 0.8), squeeze=False)
     for axes, (label, explainer) in zip(grid.flat, panels):
-        metric = next(r["metric"] for _, r in named if r["label"] == label)
+        metric = next(r.metric for _, r in named if r.label == label)
         for model in models:
             for name, style, width in ((explainer, "-", 1.6), ("random", "--", 1.0)):
                 if name == "random" and explainer == "random":
                     continue
-                cells = [r for e, r in named if e == name and r["model"] == model and r["label"] == label]
+                cells = [r for e, r in named if e == name and r.model == model and r.label == label]
                 if cells:
                     x, y = mean_curve(cells)
                     axes.plot(100 * x, y, linestyle=style, linewidth=width, color=colours[model],
                               alpha=1.0 if style == "-" else 0.7, marker="." if style == "-" else None,
                               markersize=3)
-        direction = "higher is better" if next(r for _, r in named if r["label"] == label)["higher_is_better"] \
+        direction = "higher is better" if next(r for _, r in named if r.label == label).higher_is_better \
             else "lower is better"
         axes.set_title(f"{label}: {explainer} ({direction})", fontsize=9)
         axes.set_xlabel(X_LABELS.get(metric, "fraction of pixels (%)"), fontsize=8)
@@ -160,17 +169,16 @@ def curves_figure(results: Sequence[Dict[str, Any]], labels: Sequence[str], laye
     handles += [plt.Line2D([], [], color="grey", linestyle="-"), plt.Line2D([], [], color="grey", linestyle="--")]
     names = list(models) + ["explainer (solid)", "random baseline (dashed)"]
     figure.legend(handles, names, loc="center right", fontsize=7, frameon=False)
-    data = chosen[0].get("data", "?")
+    data = chosen[0].data
     figure.suptitle(title or f"{', '.join(labels)} on {data}", fontsize=11)
     figure.tight_layout(rect=(0, 0, 1 - 2.0 / figure.get_figwidth(), 1 - 0.4 / figure.get_figheight()))
     return figure
 
 
-def accuracy_figure(results: Sequence[Dict[str, Any]], labels: Optional[Sequence[str]] = None,
+def accuracy_figure(results: Sequence[CellResult], labels: Optional[Sequence[str]] = None,
                     tables: Optional[Tuple[Any, Any]] = None):
     """Test accuracy against each metric's mean (95 % interval as error bars), a panel per metric.
     ``tables``: the results' ``(tidy_table, pivot)`` when the caller has them already."""
-    from runners.leaderboard import directions, pivot, tidy_table
 
     plt = pyplot()
     if tables is None:
@@ -208,7 +216,7 @@ def accuracy_figure(results: Sequence[Dict[str, Any]], labels: Optional[Sequence
     handles = [plt.Line2D([], [], color=colours[m], marker="o", linestyle="") for m in models]
     handles += [plt.Line2D([], [], color="grey", marker=markers[e], linestyle="") for e in explainers]
     figure.legend(handles, list(models) + list(explainers), loc="center right", fontsize=7, frameon=False)
-    figure.suptitle(f"Accuracy against faithfulness on {results[0].get('data', '?')}", fontsize=11)
+    figure.suptitle(f"Accuracy against faithfulness on {results[0].data}", fontsize=11)
     figure.tight_layout(rect=(0, 0, 1 - 2.0 / figure.get_figwidth(), 1 - 0.4 / figure.get_figheight()))
     return figure
 
@@ -261,108 +269,26 @@ def saliency_grid(images: np.ndarray, labels: Sequence[str], columns: Sequence[T
     return figure
 
 
-def pick_images(labels: Sequence[int], count: int) -> List[int]:
-    """Indices of up to ``count`` images of different classes (first of each class, in order),
-    topped up with the next images when there are fewer classes."""
-    picked, seen = [], set()
-    for index, label in enumerate(labels):
-        if int(label) not in seen:
-            picked.append(index)
-            seen.add(int(label))
-        if len(picked) == count:
-            return picked
-    rest = [i for i in range(len(labels)) if i not in picked]
-    return sorted(picked + rest[: count - len(picked)])
-
-
 # --- FA-CNN's layer-by-layer morphing --------------------------------------------------------
-def morph_layers(depth: int, every: Optional[int] = None) -> List[int]:
-    """Layers 0..depth, every ``every``-th (default: so that at most 12 are shown), always with the last."""
-    every = every or max(1, math.ceil((depth + 1) / MAX_MORPH_COLUMNS))
-    if every < 1:
-        raise ValueError(f"every must be a positive integer, got {every}")
-    layers = list(range(0, depth + 1, every))
-    if layers[-1] != depth:
-        layers.append(depth)
-    return layers
-
-
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
-    a, b = a - a.mean(), b - b.mean()
-    denominator = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
-    return float((a * b).sum() / denominator) if denominator > 0 else float("nan")
-
-
-def layer_gradcams(model, x, target: int, layers: Sequence[int]):
-    """FA-CNN's class map and Grad-CAM of class ``target`` at each of ``layers``, for every image.
-
-    One forward pass keeps every layer's output X_L; one backward pass of the summed logit of
-    ``target`` gives d y_c / d X_L at all layers at once (the images do not interact, so each
-    image's gradient is its own). Grad-CAM at layer L is sum_k alpha_k X_L,k with alpha_k the
-    spatial mean of the gradient, no ReLU: the same as captum's ``LayerGradCam`` on the module
-    that outputs X_L (``model.stem`` for L = 0, ``model.layers[L - 1]`` after), which the tests
-    check. Returns layer -> (class maps ``[N, h, w]``, Grad-CAM maps ``[N, h, w]``).
-    """
-    import torch
-
-    if not (hasattr(model, "class_maps") and getattr(model, "head", None) == "pool"):
-        raise ValueError("the morphing figure needs an FA-CNN with the pooling head (model fa_cnn)")
-    if not 0 <= int(target) < model.num_classes:
-        raise ValueError(f"target class {target} out of range; valid classes: 0 to {model.num_classes - 1}")
-    with torch.enable_grad():
-        features = model.layer_features(model.normalize(x))
-        logits = model.forward_head(features[model.depth])
-        grads = torch.autograd.grad(logits[:, int(target)].sum(), [features[layer] for layer in layers])
-    out = {}
-    for layer, grad in zip(layers, grads):
-        feature = features[layer].detach()
-        weights = grad.mean(dim=(2, 3), keepdim=True)
-        gradcam = (weights * feature).sum(dim=1)
-        out[layer] = (model.class_pooled(feature)[:, int(target)], gradcam)
-    return out
-
-
-def morphing_maps(model, x, target: int, layers: Sequence[int]) -> Dict[int, Tuple[np.ndarray, np.ndarray, float]]:
-    """Layer -> (FA-CNN class map, Grad-CAM map, their correlation), both averaged over ``x``
-    and at the layer's resolution, for class ``target``."""
-    out = {}
-    for layer, (native, gradcam) in layer_gradcams(model, x, target, layers).items():
-        native_map = native.mean(0).double().cpu().numpy()
-        gradcam_map = gradcam.mean(0).double().cpu().numpy()
-        out[layer] = (native_map, gradcam_map, pearson(native_map, gradcam_map))
-    return out
-
-
-def morphing_figure(model, x, y, classes: Optional[Sequence[int]] = None, every: Optional[int] = None,
-                    class_names: Optional[Sequence[str]] = None, max_images: int = 32):
-    """FA-CNN's averaged class maps at every (k-th) layer beside Grad-CAM at the same layer.
-
-    ``x`` ``[N, 3, H, W]`` in [0, 1], ``y`` their labels; each class's maps are averaged over its
-    first ``max_images`` images. Two rows per class (FA-CNN, then Grad-CAM), a column per layer,
-    ``r = <correlation>`` under each pair. Returns ``(figure, {class: {layer: correlation}})``.
-    """
-    import torch
+def morphing_figure(morphing: Morphing):
+    """FA-CNN's averaged class maps at every (k-th) layer beside Grad-CAM at the same layer, from
+    the stored inputs ``morphing`` (:func:`interpbench.engine.figure_inputs.morphing_inputs`). Two
+    rows per class (FA-CNN, then Grad-CAM), a column per layer, ``r = <correlation>`` under each
+    pair. Returns ``(figure, {class: {layer: correlation}})``."""
 
     plt = pyplot()
-    y = torch.as_tensor(y)
-    present = sorted({int(c) for c in y.tolist()})
-    classes = present[:3] if classes is None else [int(c) for c in classes]
-    missing = [c for c in classes if c not in present]
-    if missing:
-        raise ValueError(f"no images of class(es) {missing}; classes present: {present}")
-    layers = morph_layers(model.depth, every)
-    figure, grid = plt.subplots(2 * len(classes), len(layers), figsize=(1.3 * len(layers) + 1.0, 2.9 * len(classes) + 0.8),
-                                squeeze=False)
+    classes, layers = list(morphing.classes), list(morphing.layers)
+    figure, grid = plt.subplots(2 * len(classes), len(layers),
+                                figsize=(1.3 * len(layers) + 1.0, 2.9 * len(classes) + 0.8), squeeze=False)
     correlations: Dict[int, Dict[int, float]] = {}
     for k, target in enumerate(classes):
-        images = x[y == target][:max_images]
-        maps = morphing_maps(model, images, target, layers)
-        correlations[target] = {layer: maps[layer][2] for layer in layers}
-        name = class_names[target] if class_names else str(target)
+        correlations[target] = {layer: morphing.correlations[target][layer] for layer in layers}
+        name = morphing.class_names[k] if morphing.class_names else str(target)
         for j, layer in enumerate(layers):
-            native, gradcam, r = maps[layer]
+            native, gradcam = morphing.native[layer][k], morphing.gradcam[layer][k]
+            r = correlations[target][layer]
             for row, image in ((2 * k, native), (2 * k + 1, gradcam)):
+                image = np.asarray(image, dtype=np.float64)
                 axes = grid[row, j]
                 scale = np.abs(image).max() or 1.0
                 axes.imshow(image / scale, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
@@ -371,7 +297,7 @@ def morphing_figure(model, x, y, classes: Optional[Sequence[int]] = None, every:
             text = "r = –" if r != r else f"r = {r:.2f}"
             grid[2 * k + 1, j].set_xlabel(text, fontsize=8)
             if k == 0:
-                grid[0, j].set_title(f"layer {layer}" + (" (last)" if layer == model.depth else ""), fontsize=7)
+                grid[0, j].set_title(f"layer {layer}" + (" (last)" if layer == morphing.depth else ""), fontsize=7)
         grid[2 * k, 0].set_ylabel(f"class {name}\nFA-CNN", fontsize=7)
         grid[2 * k + 1, 0].set_ylabel(f"class {name}\nGrad-CAM", fontsize=7)
     figure.suptitle("FA-CNN class maps (averaged over images) beside Grad-CAM at the same layer", fontsize=9)
@@ -379,129 +305,133 @@ def morphing_figure(model, x, y, classes: Optional[Sequence[int]] = None, every:
     return figure, correlations
 
 
-# --- from the store --------------------------------------------------------------------------
-def spec_from_identity(identity: Dict[str, Any]):
-    """The :class:`runners.train.TrainSpec` whose identity is ``identity`` (a cell's ``train``)."""
-    from runners.train import TrainSpec
-
-    parent = spec_from_identity(identity["parent"]) if identity.get("parent") else None
-    return TrainSpec(model=identity["model"], data=identity["data"], recipe=identity["recipe"],
-                     size=identity.get("size", "cpu"), model_args=identity.get("model_args") or {},
-                     seed=identity.get("seed", 0), parent=parent)
+# --- from the stored figure inputs -----------------------------------------------------------
+def first_seed(results: Sequence[CellResult]) -> List[CellResult]:
+    seeds = sorted({r.seed for r in results})
+    return [r for r in results if r.seed == seeds[0]] if seeds else []
 
 
-@contextmanager
-def data_home(store: Path) -> Iterator[None]:
-    """Read decoded datasets from ``store`` when it holds a data cache (else the work directory)."""
-    from bench.storage import HOME_ENV
-
-    if not (Path(store) / "data").is_dir():
-        yield
-        return
-    saved = os.environ.get(HOME_ENV)
-    os.environ[HOME_ENV] = str(store)
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop(HOME_ENV, None)
-        else:
-            os.environ[HOME_ENV] = saved
+def listing(names: Sequence[str], shown: int = 4) -> str:
+    """``a, b, c, d and 3 more``."""
+    names = list(names)
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
-def load_checkpoint(result: Dict[str, Any], store: Path, dataset):
-    """The trained model of a cell result from ``store`` (never trains), or raise FileNotFoundError."""
-    from runners.train import load_trained
+class StoredInputs:
+    """The figure inputs a report's cells refer to (their first seed's explained groups), copied
+    from ``<store>/figure_inputs/`` into ``<folder>/figure_inputs/`` (so the results folder alone
+    rebuilds the figures) and read from there. Files of other groups in the folder's copy are
+    removed. ``problems``: one line per file that could not be read."""
 
-    spec = spec_from_identity(result["cell"]["train"])
-    if not (spec.folder(store) / "record.json").exists():
-        raise FileNotFoundError(f"no checkpoint of {result['model']} at {spec.folder(store)}")
-    model, _ = load_trained(spec, store, dataset, device="cpu")
-    return model
+    def __init__(self, results: Sequence[CellResult], folder: Path, store: Optional[Path]) -> None:
+        self.folder = Path(folder) / FOLDER
+        self.paths: Dict[str, Path] = {}
+        self.digests: Dict[str, str] = {}
+        self.problems: List[str] = []
+        self.loaded: Dict[str, Optional[FigureInputs]] = {}
+        names = sorted({name for name in map(self.name, first_seed(results)) if name})
+        source = Path(store) / FOLDER if store is not None else None
+        for name in names:
+            copy = self.folder / name
+            original = source / name if source is not None else None
+            if original is not None and original.is_file() and original.resolve() != copy.resolve():
+                data = original.read_bytes()
+                if not copy.is_file() or copy.read_bytes() != data:
+                    atomic_write_bytes(copy, data)
+            if copy.is_file():
+                self.paths[name] = copy
+                self.digests[name] = hashlib.sha256(copy.read_bytes()).hexdigest()[:16]
+        if self.folder.is_dir():
+            for stale in self.folder.glob("*.npz"):
+                if stale.name not in names:
+                    stale.unlink()
+
+    @staticmethod
+    def name(result: CellResult) -> Optional[str]:
+        """The file name of ``result``'s figure inputs (None for a record without a cell identity)."""
+        try:
+            return inputs_name(result.cell) if result.cell else None
+        except (KeyError, TypeError):
+            return None
+
+    def get(self, result: CellResult) -> Optional[FigureInputs]:
+        """The stored inputs of ``result``'s explained group, or None (missing or unreadable)."""
+        name = self.name(result)
+        if name is None:
+            return None
+        if name not in self.loaded:
+            self.loaded[name] = None
+            if name in self.paths:
+                try:
+                    self.loaded[name] = read_figure_inputs(self.paths[name])
+                except FigureInputsError as error:
+                    self.problems.append(str(error))
+        return self.loaded[name]
+
+    def key(self, results: Sequence[CellResult]) -> Dict[str, Optional[str]]:
+        """The digests of the files of ``results`` (for the figure cache's key)."""
+        return {name: self.digests.get(name) for name in sorted({n for n in map(self.name, results) if n})}
 
 
-def scored_images(result: Dict[str, Any], store: Path):
-    """The dataset and the scored test images of a cell result (``runners.evaluate.evaluation_images``)."""
-    from data import load_dataset
-    from runners.evaluate import evaluation_images
+def saliency_grid_from_inputs(results: Sequence[CellResult], stored: StoredInputs,
+                              skip_explainers: Sequence[str] = ("random",)):
+    """The saliency grid of the results' models and explainers (first seed) from their stored
+    figure inputs. Returns ``(figure, notes)``; raises when no column has its inputs."""
 
-    cell = result["cell"]
-    with data_home(store):
-        dataset = load_dataset(cell["train"]["data"])
-    return dataset, evaluation_images(dataset, int(cell["num_images"]), int(cell.get("eval_seed", 0)))
-
-
-def first_seed(results: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    seeds = sorted({r.get("seed", 0) for r in results})
-    return [r for r in results if r.get("seed", 0) == seeds[0]] if seeds else []
-
-
-def saliency_grid_from_store(results: Sequence[Dict[str, Any]], store: Path, count: int = 4,
-                             skip_explainers: Sequence[str] = ("random",)):
-    """The saliency grid of the results' models and explainers (first seed), maps recomputed for
-    the true class from the checkpoints in ``store``. Returns ``(figure, notes)``."""
-    from explainers import EXPLAINERS
-    from runners.leaderboard import explainer_label
-
-    cells = [r for r in chosen_layer(first_seed(results)) if r.get("cell") and r["explainer"] not in skip_explainers]
+    cells = [r for r in chosen_layer(first_seed(results)) if r.cell and r.explainer not in skip_explainers]
     if not cells:
         raise ValueError("no cells with a map to show (random maps are left out)")
-    pairs: Dict[Tuple[str, str], Dict[str, Any]] = {}
-    for result in sorted(cells, key=lambda r: (r["model"], explainer_label(r))):
-        pairs.setdefault((result["model"], explainer_label(result)), result)
-    dataset, images = scored_images(cells[0], store)
-    chosen = pick_images(images["y"].tolist(), count)
-    x, y = images["x"][chosen], images["y"][chosen]
-    columns, notes, models = [], [], {}
+    pairs: Dict[Tuple[str, str], CellResult] = {}
+    for result in sorted(cells, key=lambda r: (r.model, r.explainer_label)):
+        pairs.setdefault((result.model, result.explainer_label), result)
+    columns, notes, missing = [], [], []
+    reference: Optional[FigureInputs] = None
     for (model_name, label), result in pairs.items():
-        if model_name not in models:
-            try:
-                models[model_name] = load_checkpoint(result, store, dataset)
-            except Exception as error:  # one model's missing checkpoint leaves the others drawn
-                models[model_name] = None
-                notes.append(f"{model_name}: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
-        model = models[model_name]
-        if model is None:
+        inputs = stored.get(result)
+        if inputs is None:
+            missing.append(f"{model_name}/{label}")
             continue
-        try:
-            explainer = EXPLAINERS.create(result["explainer"], **(result["cell"].get("explainer_args") or {}))
-            if not explainer.applies_to(model):
-                continue
-            maps = explainer(model, x, y).detach().float().cpu().numpy()
-            columns.append((f"{model_name}\n{label}", maps))
-        except Exception as error:
-            notes.append(f"{model_name}/{label}: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
-    if not columns:
-        raise FileNotFoundError("; ".join(notes) or "no maps")
-    names = [f"{dataset.classes[int(c)]}" if dataset.classes else str(int(c)) for c in y]
-    figure = saliency_grid(x.numpy(), names, columns,
-                           title=f"Saliency maps for the true class on {cells[0].get('data')} "
+        if reference is None:
+            reference = inputs
+        elif any(inputs.meta.get(k) != reference.meta.get(k) for k in ("data", "num_images", "eval_seed",
+                                                                        "image_positions")):
+            notes.append(f"{model_name}/{label}: its stored images are not the other columns' images; left out")
+            continue
+        columns.append((f"{model_name}\n{label}", inputs.maps.astype(np.float32)))
+    if missing:
+        notes.insert(0, f"no stored figure inputs for {listing(missing)} ({MISSING_INPUTS}")
+    if reference is None:
+        raise FileNotFoundError("; ".join(notes))
+    figure = saliency_grid(reference.float_images(), reference.class_names, columns,
+                           title=f"Saliency maps for the true class on {cells[0].data} "
                                  "(each map scaled by its largest absolute value)")
     return figure, notes
 
 
-def fa_cnn_cells(results: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """First-seed cells of the FA-CNN family (``fa_cnn`` first), the morphing figure's candidates."""
-    from zoo import MODELS
+def fa_cnn_cells(results: Sequence[CellResult]) -> List[CellResult]:
+    """First-seed cells in the morphing figure's order of preference (``fa_cnn`` first)."""
 
-    cells = [r for r in first_seed(results) if r.get("cell") and
-             r.get("model") in MODELS.list() and MODELS.info(r["model"]).get("family") == "fa_cnn"]
-    return sorted(cells, key=lambda r: (r["model"] != "fa_cnn", r["model"], str(r.get("key"))))
+    cells = [r for r in first_seed(results) if r.cell]
+    return sorted(cells, key=lambda r: (r.model != "fa_cnn", r.model, str(r.key)))
 
 
-def morphing_from_store(results: Sequence[Dict[str, Any]], store: Path, count: int = 3):
-    """The morphing figure of the results' FA-CNN (first seed) from its checkpoint in ``store``."""
+def morphing_from_inputs(results: Sequence[CellResult], stored: StoredInputs):
+    """The morphing figure of the results' first FA-CNN with the pooling head (first seed) whose
+    stored figure inputs hold it. Returns ``(figure, correlations, model name)``."""
     candidates = fa_cnn_cells(results)
     if not candidates:
         raise ValueError("no FA-CNN cells in these results")
-    dataset, images = scored_images(candidates[0], store)
+    lacking = []
     for result in candidates:
-        model = load_checkpoint(result, store, dataset)
-        if getattr(model, "head", None) == "pool":
-            figure, correlations = morphing_figure(model, images["x"], images["y"],
-                                                   classes=sorted(set(images["y"].tolist()))[:count],
-                                                   class_names=dataset.classes)
-            return figure, correlations, result["model"]
+        inputs = stored.get(result)
+        if inputs is None:
+            lacking.append(result.model)
+        elif inputs.morphing is not None:
+            figure, correlations = morphing_figure(inputs.morphing)
+            return figure, correlations, result.model
+    if lacking:
+        lacking = list(dict.fromkeys(lacking))  # in the order of preference: fa_cnn first
+        raise FileNotFoundError(f"no stored figure inputs for {listing(lacking)} ({MISSING_INPUTS}")
     raise ValueError("no FA-CNN with the pooling head in these results")
 
 
@@ -511,19 +441,26 @@ def write_figure(folder: Path, name: str, figure) -> Dict[str, Path]:
 
 def code_version() -> str:
     """A hash of the code that draws the figures (this file and the leaderboard's tables)."""
-    from bench.storage import stable_hash
 
     here = Path(__file__).resolve().parent
-    return stable_hash([(here / name).read_text() for name in ("figures.py", "leaderboard.py")])
+    return stable_hash([(here / name).read_text() for name in ("figures.py", "tables.py", "stats.py")])
+
+
+def as_json(inputs: Any) -> Any:
+    """``inputs`` with every cell result replaced by its JSON record (for hashing)."""
+    if isinstance(inputs, CellResult):
+        return inputs.to_json()
+    if isinstance(inputs, (list, tuple)):
+        return [as_json(item) for item in inputs]
+    return inputs
 
 
 class FigureCache:
     """``figures.json`` in a results folder: per figure, the hash of its inputs and of the drawing
     code, its title, caption and files. A figure whose inputs and code are unchanged and whose
-    files exist is reused, so a sweep's rerun does not reload every model to redraw the maps."""
+    files exist is reused, so a sweep's rerun does not redraw every figure."""
 
     def __init__(self, folder: Path, reuse: bool = True) -> None:
-        from bench.storage import read_json
 
         self.folder = Path(folder)
         self.path = self.folder / "figures.json"
@@ -533,9 +470,8 @@ class FigureCache:
 
     def get(self, name: str, inputs: Any, make) -> Drawn:
         """The figure ``name`` drawn by ``make() -> (Drawn, notes)``, or reused; returns (Drawn, notes)."""
-        from bench.storage import stable_hash
 
-        key = stable_hash([self.version, inputs], 16)
+        key = stable_hash([self.version, as_json(inputs)], 16)
         entry = self.old.get(name)
         if (entry and entry.get("key") == key and not entry.get("notes")
                 and all((self.folder / f).exists() for f in entry.get("files", {}).values())):
@@ -553,19 +489,18 @@ class FigureCache:
         atomic_write_bytes(self.path, (json.dumps(self.new, indent=2, sort_keys=True) + "\n").encode())
 
 
-def write_figures(results: Sequence[Dict[str, Any]], folder: Path, store: Optional[Path] = None,
+def write_figures(results: Sequence[CellResult], folder: Path, store: Optional[Path] = None,
                   layer: Optional[int] = None, reuse: bool = True,
                   tables: Optional[Tuple[Any, Any]] = None) -> Tuple[List[Drawn], List[str]]:
     """Every figure the results allow, PNG and SVG in ``folder``; returns ``(drawn, skipped)``,
     ``skipped`` being one line per figure left out and why. ``reuse``: keep a figure whose inputs
     and drawing code are unchanged (``figures.json``). ``tables``: the results' ``(tidy_table,
     pivot)`` for the accuracy figure, when the caller has them already."""
-    from bench.storage import work_dir
 
-    results = sorted(results, key=lambda r: (str(r.get("model")), str(r.get("explainer")), str(r.get("label")),
-                                             str(r.get("seed")), str(r.get("key"))))
+    results = sorted(results, key=lambda r: (r.model, r.explainer, r.label, str(r.seed), r.key))
     store = work_dir(None) if store is None else Path(store)
     cache = FigureCache(folder, reuse)
+    stored = StoredInputs(results, folder, store)
     drawn: List[Drawn] = []
     skipped: List[str] = []
 
@@ -579,24 +514,24 @@ def write_figures(results: Sequence[Dict[str, Any]], folder: Path, store: Option
         drawn.append(figure)
         skipped.extend(f"{name}: {note}" for note in notes)
 
-    with_curves = [r for r in results if r.get("curve")]
-    plain_labels = sorted({r["label"] for r in with_curves if r.get("metric") not in INSERTION_DELETION})
+    with_curves = [r for r in results if r.curve]
+    plain_labels = sorted({r.label for r in with_curves if r.metric not in INSERTION_DELETION})
     for label in plain_labels:
         name = f"{safe_name(label)}_curves"
-        metric = next(r["metric"] for r in with_curves if r["label"] == label)
+        metric = next(r.metric for r in with_curves if r.label == label)
         caption = (f"Mean {label} curves, one panel per explainer, one line per model; each model's "
                    "random-baseline curve dashed in the model's colour.")
         if metric == "pixel_removal":
             caption = ("Top-1 accuracy against the percentage of pixels replaced by the dataset mean "
                        "in saliency order (the FA-CNN paper's Figure 4). " + caption)
-        chosen = [r for r in with_curves if r["label"] == label]
+        chosen = [r for r in with_curves if r.label == label]
         add(name, [layer, chosen], lambda name=name, label=label, caption=caption: (
             Drawn(name, f"{label} curves", caption, write_figure(folder, name, curves_figure(results, [label], layer))),
             []))
-    ordered = [r["label"] for m in INSERTION_DELETION for r in with_curves if r.get("metric") == m]
+    ordered = [r.label for m in INSERTION_DELETION for r in with_curves if r.metric == m]
     insertion_deletion = list(dict.fromkeys(ordered))
     if insertion_deletion:
-        chosen = [r for r in with_curves if r["label"] in insertion_deletion]
+        chosen = [r for r in with_curves if r.label in insertion_deletion]
         add("insertion_deletion", [layer, chosen], lambda: (Drawn(
             "insertion_deletion", "Insertion and deletion curves",
             "Insertion and deletion curves, one panel each (a row per explainer), one line per model; each "
@@ -613,7 +548,7 @@ def write_figures(results: Sequence[Dict[str, Any]], folder: Path, store: Option
             write_figure(folder, "accuracy_vs_faithfulness", accuracy_figure(results, tables=tables))), []))
 
     def saliency():
-        figure, notes = saliency_grid_from_store(results, store)
+        figure, notes = saliency_grid_from_inputs(results, stored)
         return Drawn("saliency_grid", "Saliency maps",
                      "A few scored test images of different classes, then each model's and explainer's map for "
                      "the true class (the FA-CNN paper's Figures 1 and 5); every map scaled by its largest "
@@ -621,7 +556,7 @@ def write_figures(results: Sequence[Dict[str, Any]], folder: Path, store: Option
                      write_figure(folder, "saliency_grid", figure)), notes
 
     def morphing():
-        figure, correlations, model_name = morphing_from_store(results, store)
+        figure, correlations, model_name = morphing_from_inputs(results, stored)
         last = [per[max(per)] for per in correlations.values()]
         return Drawn("fa_cnn_morphing", "FA-CNN layer-by-layer morphing",
                      f"{model_name}'s class maps averaged over the scored test images of a class, at each layer, "
@@ -632,10 +567,10 @@ def write_figures(results: Sequence[Dict[str, Any]], folder: Path, store: Option
                      extra={"correlations": {str(c): {str(k): v for k, v in per.items()}
                                              for c, per in correlations.items()}}), []
 
-    first = first_seed(results)
-    add("saliency_grid", [r for r in first if r.get("explainer") != "random"], saliency)
-    add("fa_cnn_morphing", fa_cnn_cells(results), morphing)
-    skipped = [note if not note.startswith(("saliency_grid", "fa_cnn_morphing")) else f"{note} (store {store})"
-               for note in skipped]
+    shown = [r for r in first_seed(results) if r.explainer != "random"]
+    add("saliency_grid", [shown, stored.key(shown)], saliency)
+    candidates = fa_cnn_cells(results)
+    add("fa_cnn_morphing", [candidates, stored.key(candidates)], morphing)
+    skipped.extend(f"figure inputs: {problem}" for problem in stored.problems)
     cache.save()
     return drawn, skipped

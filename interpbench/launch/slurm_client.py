@@ -16,94 +16,24 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
-LAUNCHERS = ("debug", "local", "slurm")
+from interpbench.launch.base import Outcome, last_lines
+from interpbench.storage import atomic_write_json, read_json
 
-
-@dataclass
-class Outcome:
-    name: str
-    ok: bool
-    value: Any = None
-    error: str = ""
-    log: Optional[str] = None
-    cells: List[str] = field(default_factory=list)  # keys of the cells the job was to compute
-
-
-def last_lines(text: str, count: int = 6) -> str:
-    return "\n".join(text.strip().splitlines()[-count:])
-
-
-def cell_keys(job: Any) -> List[str]:
-    """The keys of the cells a job computes (a job without ``cells`` computes none)."""
-    return [cell.key() for cell in getattr(job, "cells", None) or []]
-
-
-def run_debug(jobs: Sequence[Tuple[str, Callable[[], Any]]], progress: bool = True) -> List[Outcome]:
-    from tqdm import tqdm
-
-    outcomes = []
-    for name, job in tqdm(jobs, desc="jobs", disable=not progress):
-        try:
-            outcomes.append(Outcome(name, True, job(), cells=cell_keys(job)))
-        except Exception:  # a failing job is reported, the others go on
-            outcomes.append(Outcome(name, False, error=last_lines(traceback.format_exc()), cells=cell_keys(job)))
-    return outcomes
-
-
-def run_local(
-    jobs: Sequence[Tuple[str, Callable[[], Any]]],
-    folder: Path,
-    max_parallel: int = 2,
-    timeout_min: float = 120.0,
-    progress: bool = True,
-    poll_seconds: float = 0.5,
-) -> List[Outcome]:
-    """Run each job as a process (submitit ``LocalExecutor``), ``max_parallel`` at a time."""
-    import submitit
-    from tqdm import tqdm
-
-    executor = submitit.LocalExecutor(folder=str(folder))
-    executor.update_parameters(timeout_min=timeout_min)
-    pending = list(jobs)
-    running: List[Tuple[str, Any, List[str]]] = []
-    outcomes: List[Outcome] = []
-    bar = tqdm(total=len(jobs), desc="jobs", disable=not progress)
-    while pending or running:
-        while pending and len(running) < max_parallel:
-            name, job = pending.pop(0)
-            running.append((name, executor.submit(job), cell_keys(job)))
-        for entry in list(running):
-            name, submitted, cells = entry
-            if not submitted.done():
-                continue
-            running.remove(entry)
-            log = str(submitted.paths.stderr)
-            try:
-                outcomes.append(Outcome(name, True, submitted.result(), log=log, cells=cells))
-            except Exception as error:  # submitit raises with the job's traceback
-                outcomes.append(Outcome(name, False, error=last_lines(str(error)), log=log, cells=cells))
-            bar.update(1)
-            bar.set_postfix(failed=sum(not o.ok for o in outcomes))
-        if running:
-            time.sleep(poll_seconds)
-    bar.close()
-    return outcomes
-
-
-# --- SLURM ---------------------------------------------------------------------------------
-
-# Options of ``launcher=slurm`` (runners/conf/launcher/slurm.yaml).
+# Options of ``launcher=slurm`` (interpbench/conf/launcher/slurm.yaml).
 SLURM_OPTIONS = (
     "name", "partition", "account", "qos", "time_min", "gpus_per_node", "cpus_per_task", "mem_gb",
     "array_parallelism", "signal_delay_s", "max_requeues", "setup", "extra_sbatch", "group_cells",
     "threads_per_job", "wait", "poll_s",
 )
+
+
 GROUP_CELLS = ("explainer", "model")
+
+
 # States in which SLURM may still run a task (submitit's list of unfinished states, and the
 # transitional ones around a requeue); any other state is final.
 LIVE_STATES = {
@@ -111,6 +41,8 @@ LIVE_STATES = {
     "COMPLETING", "CONFIGURING", "PREEMPTED", "STAGE_OUT", "SIGNALING", "RESV_DEL_HOLD",
     "SPECIAL_EXIT", "READY", "UNKNOWN",
 }
+
+
 SLURM_RECORD = "slurm.json"
 
 
@@ -131,33 +63,9 @@ class SlurmStage:
     after: List[str] = field(default_factory=list)
 
 
-def check_slurm(options: Dict[str, Any]) -> Optional[str]:
-    """``None`` when ``launcher=slurm`` can run with ``options`` here, else a one-line error."""
-    unknown = sorted(set(options) - set(SLURM_OPTIONS))
-    if unknown:
-        return f"launcher.{unknown[0]}: unknown option; valid options: {', '.join(SLURM_OPTIONS[1:])}"
-    if options.get("group_cells") not in GROUP_CELLS:
-        return (f"launcher.group_cells={options.get('group_cells')}: unknown grouping; "
-                f"valid choices: {', '.join(GROUP_CELLS)}")
-    for key, least in (("time_min", 1), ("array_parallelism", 1), ("signal_delay_s", 0), ("max_requeues", 0)):
-        value = options.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < least:
-            return f"launcher.{key}={value}: must be an integer >= {least}"
-    for key in ("cpus_per_task", "gpus_per_node", "threads_per_job"):
-        value = options.get(key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-            return f"launcher.{key}={value}: must be null or an integer >= 0"
-    for key, allow_null in (("mem_gb", True), ("poll_s", False)):
-        value = options.get(key)
-        if not (value is None and allow_null) and (
-                not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0):
-            return f"launcher.{key}={value}: must be a positive number" + (" or null" if allow_null else "")
-    if not isinstance(options.get("extra_sbatch") or {}, dict):
-        return "launcher.extra_sbatch: must be a mapping of sbatch flags, e.g. {constraint: a100}"
-    if not isinstance(options.get("setup") or [], list):
-        return "launcher.setup: must be a list of shell lines, e.g. [\"module load cuda\"]"
-    if not isinstance(options.get("wait"), bool):
-        return f"launcher.wait={options.get('wait')}: must be true or false"
+def check_slurm() -> Optional[str]:
+    """``None`` when SLURM's commands are on this machine, else a one-line error. The options'
+    values are checked with the rest of the config (:func:`interpbench.config.validate`)."""
     missing = [command for command in ("sbatch", "srun", "squeue", "scontrol") if shutil.which(command) is None]
     if missing:
         return (f"launcher=slurm: {', '.join(missing)} not found on this machine; run the sweep where "
@@ -202,7 +110,6 @@ def submit_slurm(stages: Sequence[SlurmStage], folder: Path, options: Dict[str, 
     """Submit each stage as one job array; a stage depends (``afterany``) on the arrays of the
     stages it names. Each task is added to ``record`` as soon as its array is submitted; returns
     the records of the tasks submitted (job id, name, model, cells, log and result paths)."""
-    from bench.storage import atomic_write_json, read_json
 
     arrays: Dict[str, str] = {}  # stage name -> array job id
     entries = read_json(record)["tasks"] if record.exists() else []
@@ -344,7 +251,6 @@ def wait_slurm(entries: Sequence[Dict[str, Any]], poll_s: float = 5.0, progress:
 
 def read_slurm_records(store: Path) -> List[Dict[str, Any]]:
     """Every task recorded under ``<store>/sweeps/*/slurm.json``, oldest submission first."""
-    from bench.storage import read_json
 
     entries: List[Dict[str, Any]] = []
     for record in sorted(Path(store).glob(f"sweeps/*/{SLURM_RECORD}")):

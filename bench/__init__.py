@@ -1,1 +1,0 @@
-"""Shared plumbing: the registry class and atomic, content-addressed storage."""

@@ -1,0 +1,1 @@
+"""The hydra config of the sweep (package data)."""

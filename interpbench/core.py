@@ -1,0 +1,217 @@
+"""The records that cross a boundary: a training spec, a cell and a cell's result.
+
+Each is a frozen dataclass; its identity (what determines its output) is hashed into the key
+that names its files in the store."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from interpbench.explainers import EXPLAINERS
+from interpbench.registry import UnknownNameError
+from interpbench.storage import plain, read_json, stable_hash
+
+# Data arguments that change where data is found or fetched, not what it is.
+DATA_KEYS_NOT_IN_IDENTITY = {"download"}
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    model: str
+    data: Dict[str, Any]
+    recipe: Dict[str, Any]
+    size: str = "cpu"
+    model_args: Dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    parent: Optional["TrainSpec"] = None  # derived models start from this trained model
+
+    def identity(self) -> Dict[str, Any]:
+        data = {k: v for k, v in plain(self.data).items() if k not in DATA_KEYS_NOT_IN_IDENTITY}
+        identity = {"model": self.model, "size": self.size, "model_args": plain(self.model_args),
+                    "data": data, "recipe": plain(self.recipe), "seed": self.seed}
+        if self.parent is not None:
+            identity["parent"] = self.parent.identity()
+        return identity
+
+    @property
+    def depth(self) -> int:
+        """0 for a model trained from scratch, 1 + the parent's depth for a derived one."""
+        return 0 if self.parent is None else 1 + self.parent.depth
+
+    def key(self) -> str:
+        return stable_hash(self.identity())
+
+    def folder(self, store: Path) -> Path:
+        return Path(store) / "models" / f"{self.model}-{self.key()}"
+
+
+TARGETS = ("predicted", "label")
+
+
+@dataclass(frozen=True)
+class Cell:
+    train: TrainSpec
+    explainer: str
+    metric: str
+    explainer_args: Dict[str, Any] = field(default_factory=dict)
+    metric_args: Dict[str, Any] = field(default_factory=dict)
+    num_images: int = 500
+    batch_size: int = 250
+    target: str = "predicted"  # which class the explainer explains
+    eval_seed: int = 0  # picks the scored test images
+
+    def identity(self) -> Dict[str, Any]:
+        return {
+            "train": self.train.identity(), "explainer": self.explainer,
+            "explainer_args": plain(self.explainer_args), "metric": self.metric,
+            "metric_args": plain(self.metric_args), "num_images": self.num_images,
+            "target": self.target, "eval_seed": self.eval_seed,
+        }
+
+    def key(self) -> str:
+        return stable_hash(self.identity())
+
+    def path(self, store: Path) -> Path:
+        return Path(store) / "cells" / f"{self.train.model}__{self.explainer}__{self.metric}-{self.key()}.json"
+
+    def saliency_path(self, store: Path) -> Path:
+        # Everything that fixes the maps: the cell's identity less its metric.
+        saliency_key = stable_hash({k: v for k, v in self.identity().items()
+                                    if k not in ("metric", "metric_args")})
+        return Path(store) / "saliency" / f"{self.train.model}__{self.explainer}-{saliency_key}.pt"
+
+
+class RecordError(ValueError):
+    """A stored record that does not fit its schema; the message is one line naming the problem."""
+
+
+CELL_RESULT_VERSION = 1
+# field -> the types its JSON value may have (None: may be null)
+_CELL_RESULT_FIELDS: Dict[str, Tuple[type, ...]] = {
+    "cell": (dict,), "key": (str,), "model": (str,), "explainer": (str,), "explainer_label": (str,),
+    "metric": (str,), "label": (str,), "higher_is_better": (bool,), "flag": (str, type(None)),
+    "data": (str,), "seed": (int,), "size": (str,), "score": (float, int, type(None)),
+    "per_image": (list,), "curve_x": (list, type(None)), "curve": (list, type(None)), "num_images": (int,),
+    "test_accuracy": (float, int), "model_key": (str,), "seconds": (float, int), "git_commit": (str,),
+    "torch": (str,),
+}
+
+
+def explainer_label_of(name: str, args: Dict[str, Any]) -> str:
+    """The explainer's name, plus every argument that differs from its registered default (fixed when
+    the cell is computed, so a report never needs the registry)."""
+    try:
+        defaults = plain(EXPLAINERS.defaults(name))
+    except UnknownNameError:  # an explainer this checkout does not have: show no arguments
+        return name
+    changed = {k: v for k, v in plain(args or {}).items() if k in defaults and defaults[k] != v}
+    if not changed:
+        return name
+    return f"{name}({', '.join(f'{k}={v}' for k, v in sorted(changed.items()))})"
+
+
+@dataclass(frozen=True)
+class CellResult:
+    """One computed cell: its identity, its mean score, the per-image scores and curve, and where it
+    came from. ``to_json``/``from_json`` read and write the versioned record of ``<store>/cells/``
+    and of a report's ``cells.json``; records written before versioning (no ``version``) are read
+    as version 0 and get their explainer label from the registry once."""
+    cell: Dict[str, Any]
+    key: str
+    model: str
+    explainer: str
+    explainer_label: str
+    metric: str
+    label: str
+    higher_is_better: bool
+    flag: Optional[str]
+    data: str
+    seed: int
+    size: str
+    score: Optional[float]
+    per_image: List[Optional[float]]
+    curve_x: Optional[List[float]]
+    curve: Optional[List[float]]
+    num_images: int
+    test_accuracy: float
+    model_key: str
+    seconds: float
+    git_commit: str
+    torch: str
+    version: int = CELL_RESULT_VERSION
+
+    @property
+    def num_images_requested(self) -> Optional[int]:
+        return self.cell.get("num_images")
+
+    @property
+    def explainer_args(self) -> Dict[str, Any]:
+        return dict(self.cell.get("explainer_args") or {})
+
+    @property
+    def metric_args(self) -> Dict[str, Any]:
+        return dict(self.cell.get("metric_args") or {})
+
+    @property
+    def target(self) -> Optional[str]:
+        return self.cell.get("target")
+
+    @property
+    def train(self) -> Dict[str, Any]:
+        return dict(self.cell.get("train") or {})
+
+    def settings(self) -> Dict[str, Any]:
+        """What the scores depend on besides the model and its seed: the evaluation settings and the
+        explainer's and metric's arguments (a report never mixes cells that differ in these)."""
+        data = {k: v for k, v in (self.train.get("data") or {}).items() if k not in DATA_KEYS_NOT_IN_IDENTITY}
+        return {"data": data, "size": self.size, "num_images": self.cell.get("num_images"),
+                "target": self.target, "eval_seed": self.cell.get("eval_seed")}
+
+    def to_json(self) -> Dict[str, Any]:
+        out = {name: getattr(self, name) for name in _CELL_RESULT_FIELDS}
+        out["version"] = self.version
+        return out
+
+    @classmethod
+    def from_json(cls, obj: Any, source: str = "cell result") -> "CellResult":
+        """The record ``obj`` (a parsed JSON object), checked field by field; a bad one raises
+        :class:`RecordError` naming ``source`` and the first problem."""
+        if not isinstance(obj, dict):
+            raise RecordError(f"{source}: not a JSON object")
+        obj = dict(obj)
+        version = obj.pop("version", 0)
+        if version not in (0, CELL_RESULT_VERSION):
+            raise RecordError(f"{source}: record version {version!r}; this checkout reads 0 and "
+                              f"{CELL_RESULT_VERSION}")
+        if version == 0 and "explainer_label" not in obj and isinstance(obj.get("explainer"), str):
+            obj["explainer_label"] = explainer_label_of(obj["explainer"],
+                                                        (obj.get("cell") or {}).get("explainer_args") or {})
+        if version == 0:
+            obj.setdefault("flag", None)  # records from before sanity flags had none
+        missing = [name for name in _CELL_RESULT_FIELDS if name not in obj]
+        if missing:
+            raise RecordError(f"{source}: missing fields {', '.join(missing)}")
+        unknown = sorted(set(obj) - set(_CELL_RESULT_FIELDS))
+        if unknown:
+            raise RecordError(f"{source}: unknown fields {', '.join(unknown)}")
+        for name, types in _CELL_RESULT_FIELDS.items():
+            value = obj[name]
+            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+                raise RecordError(f"{source}: field {name} is {type(value).__name__}, expected "
+                                  + " or ".join("null" if t is type(None) else t.__name__ for t in types))
+        if len(obj["per_image"]) != obj["num_images"]:
+            raise RecordError(f"{source}: {len(obj['per_image'])} per-image scores for num_images "
+                              f"{obj['num_images']}")
+        return cls(**obj, version=CELL_RESULT_VERSION)
+
+
+def read_cell_result(path: Path) -> CellResult:
+    """The cell result stored at ``path``; a file that is not valid JSON or does not fit the schema
+    raises :class:`RecordError` naming the file."""
+    try:
+        obj = read_json(path)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RecordError(f"{path}: not valid JSON ({error})") from None
+    return CellResult.from_json(obj, source=str(path))

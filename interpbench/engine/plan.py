@@ -1,0 +1,153 @@
+"""Planning a sweep: every name and value of the config checked, then expanded into training specs
+(one per model and seed) and cells (model x explainer x metric x data x seed). Nothing is written.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Dict, List
+
+from omegaconf import DictConfig, ListConfig
+
+from interpbench.config import ConfigError, validate
+from interpbench.core import Cell, TrainSpec
+from interpbench.data import load_dataset
+from interpbench.data.base import ImageFolderError
+from interpbench.engine.train import default_recipe_name, multiply_accumulates
+from interpbench.explainers import EXPLAINERS
+from interpbench.metrics import METRICS
+from interpbench.registry import Registry, UnknownNameError
+from interpbench.storage import plain
+from interpbench.zoo import MODELS, create_model
+
+DEFAULT_EXPLAINERS = ("native", "gradcam", "random")
+
+
+class SweepConfigError(ConfigError):
+    """A bad name or value in the sweep's config; the message is one line."""
+
+
+def resolve_names(value: Any, registry: Registry, option: str) -> List[str]:
+    """``all``, a name, a comma-separated string or a list -> registered names (checked)."""
+    if isinstance(value, (list, tuple, ListConfig)):
+        names = [str(v) for v in value]
+    else:
+        names = [part.strip() for part in str(value).split(",") if part.strip()]
+    if names == ["all"]:
+        return registry.list()
+    resolved: List[str] = []
+    for name in names:
+        try:
+            registry.check(name)
+        except UnknownNameError as error:
+            raise SweepConfigError(f"{option}={name}: {error}") from None
+        resolved.append(name)
+    if not resolved:
+        raise SweepConfigError(f"{option} is empty; valid names: all, {', '.join(registry.list())}")
+    return list(dict.fromkeys(resolved))
+
+
+@dataclass
+class Plan:
+    specs: Dict[str, Any] = field(default_factory=dict)  # model key -> TrainSpec
+    cells: Dict[str, List[Any]] = field(default_factory=dict)  # model key -> its cells
+    cost: Dict[str, float] = field(default_factory=dict)  # model key -> training MACs (for ordering)
+    skipped: List[str] = field(default_factory=list)  # explainer/model pairs that do not apply
+
+    @property
+    def all_cells(self) -> List[Any]:
+        return [cell for cells in self.cells.values() for cell in cells]
+
+
+def plan_sweep(cfg: DictConfig) -> Plan:
+    """Check every key, value and name in ``cfg`` and expand it into training specs and cells."""
+
+    validate(cfg)  # every key and value (interpbench.config); the names follow
+    models = resolve_names(cfg.zoo, MODELS, "zoo")
+    metrics = resolve_names(cfg.metric, METRICS, "metric")
+    if str(cfg.explainer) == "default":
+        explainer_names = list(DEFAULT_EXPLAINERS)
+    else:
+        explainer_names = resolve_names(cfg.explainer, EXPLAINERS, "explainer")
+    for name in cfg.get("model_args", {}) or {}:
+        resolve_names(name, MODELS, "model_args")
+    explainer_objects = {}
+    for name in explainer_names:
+        try:
+            explainer_objects[name] = EXPLAINERS.create(name, **plain(cfg.explainers.get(name, {})))
+        except (TypeError, ValueError) as error:
+            raise SweepConfigError(f"explainers.{name}: {error}") from None
+    metric_objects = {}
+    for name in metrics:
+        try:
+            metric_objects[name] = METRICS.create(name, **plain(cfg.metrics.get(name, {})))
+        except (TypeError, ValueError) as error:
+            raise SweepConfigError(f"metrics.{name}: {error}") from None
+
+    dataset = load_dataset(cfg.data)  # decodes once into the cache; jobs then only read it
+    if dataset.test.masks is None:  # localisation metrics need ground-truth object masks
+        unmasked = [name for name in metrics if metric_objects[name].needs_masks]
+        metrics = [name for name in metrics if name not in unmasked]
+        if not metrics:
+            raise SweepConfigError(f"metric {', '.join(unmasked)} needs ground-truth masks; data "
+                                   f"'{cfg.data.name}' has none (synthetic has)")
+    else:
+        unmasked = []
+
+    def recipe_and_args(model_name: str):
+        recipe_name = default_recipe_name(model_name)
+        if recipe_name not in cfg.profile.recipes:
+            raise SweepConfigError(
+                f"profile '{cfg.profile.name}' has no recipe '{recipe_name}' for model {model_name}; "
+                f"its recipes: {', '.join(cfg.profile.recipes)}"
+            )
+        return plain(cfg.profile.recipes[recipe_name]), plain((cfg.get("model_args", {}) or {}).get(model_name, {}))
+
+    def make_spec(model_name: str, seed: int) -> TrainSpec:
+        """The training spec of ``model_name``, with its parent's spec for a derived model."""
+        recipe, model_args = recipe_and_args(model_name)
+        parent_name = MODELS.info(model_name).get("parent")
+        parent = make_spec(parent_name, seed) if parent_name else None
+        return TrainSpec(model=model_name, data=plain(cfg.data), recipe=recipe, size=cfg.profile.size,
+                         model_args=model_args, seed=seed, parent=parent)
+
+    plan = Plan()
+    for model_name in models:
+        recipe, model_args = recipe_and_args(model_name)
+        try:
+            probe = create_model(model_name, size=cfg.profile.size, **dataset.model_config(), **model_args)
+        except (TypeError, ValueError) as error:
+            raise SweepConfigError(f"model {model_name}: {error}") from None
+        train_images = min(len(dataset.train), recipe["max_train_images"] or len(dataset.train))
+        cost = multiply_accumulates(probe, dataset.input_size) * train_images * recipe["epochs"]
+        for seed in cfg.seeds:
+            spec = make_spec(model_name, int(seed))
+            plan.cost[spec.key()] = cost
+            cells = []
+            for explainer_name in explainer_names:
+                if not explainer_objects[explainer_name].applies_to(probe):
+                    plan.skipped.append(f"{model_name}/{explainer_name}")
+                    continue
+                for metric_name in metrics:
+                    cells.append(Cell(
+                        train=spec, explainer=explainer_name, metric=metric_name,
+                        explainer_args=plain(cfg.explainers.get(explainer_name, {})),
+                        metric_args=plain(cfg.metrics.get(metric_name, {})),
+                        num_images=int(cfg.profile.eval.num_images),
+                        batch_size=int(cfg.profile.eval.batch_size),
+                        target=str(cfg.profile.eval.target),
+                        eval_seed=int(cfg.profile.eval.seed),
+                    ))
+            plan.specs[spec.key()] = spec
+            plan.cells[spec.key()] = cells
+    plan.skipped = sorted(set(plan.skipped)) + [f"{name} (data '{cfg.data.name}' has no masks)" for name in unmasked]
+    return plan
+
+
+def plan_or_report(cfg: DictConfig) -> "Plan | None":
+    """``plan_sweep(cfg)``, or ``None`` after printing a bad config's one-line error to stderr."""
+    try:
+        return plan_sweep(cfg)
+    except (ConfigError, UnknownNameError, FileNotFoundError, ImageFolderError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return None

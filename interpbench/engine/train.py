@@ -1,0 +1,294 @@
+"""Training with a checkpoint cache keyed by everything that determines the weights.
+
+A :class:`TrainSpec` names the model, its size, the data, the recipe and the seed; its hash is the
+cache key. ``train_model`` returns at once on a cache hit, resumes from the last finished epoch
+after an interruption, and otherwise trains with a progress bar, checkpointing every epoch and
+recording the top-1 test accuracy with the final weights.
+"""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Dict, Iterator, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from interpbench.core import TrainSpec
+from interpbench.data import load_dataset
+from interpbench.data.base import Dataset, Split, to_float
+from interpbench.integrity import load_verified, remove_with_sidecar, sha256_file, trained_record, write_sidecar
+from interpbench.storage import atomic_torch_save, atomic_write_json, plain
+from interpbench.zoo import MODELS, ZooModel, create_model
+
+RECIPE_KEYS = {
+    "optimizer", "lr", "momentum", "nesterov", "weight_decay", "batch_size", "epochs", "schedule",
+    "warmup_epochs", "augment", "max_train_images",
+}
+
+
+# "auto" takes the dataset's own choice (none for synthetic, crop_flip for CIFAR and folders).
+AUGMENTS = ("auto", "none", "crop_flip")
+
+
+def check_recipe(recipe: Dict[str, Any]) -> None:
+    missing, unknown = RECIPE_KEYS - set(recipe), set(recipe) - RECIPE_KEYS
+    if missing or unknown:
+        raise ValueError(
+            f"training recipe has missing keys {sorted(missing)} and unknown keys {sorted(unknown)}; "
+            f"valid keys: {', '.join(sorted(RECIPE_KEYS))}"
+        )
+    if recipe["optimizer"] not in ("sgd", "adamw"):
+        raise ValueError(f"unknown optimizer '{recipe['optimizer']}'; valid optimizers: sgd, adamw")
+    if recipe["schedule"] not in ("constant", "cosine"):
+        raise ValueError(f"unknown schedule '{recipe['schedule']}'; valid schedules: constant, cosine")
+    if recipe["augment"] not in AUGMENTS:
+        raise ValueError(f"unknown augment '{recipe['augment']}'; valid augments: {', '.join(AUGMENTS)}")
+
+
+def build_model(spec: TrainSpec, dataset: Dataset) -> ZooModel:
+    model = create_model(spec.model, size=spec.size, **dataset.model_config(), **plain(spec.model_args))
+    if getattr(model, "channels_last", False):  # faster convolutions for this family
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def multiply_accumulates(model: torch.nn.Module, input_size) -> int:
+    """Multiply-accumulates of one forward pass of one image through convolutions and linears."""
+    total = [0]
+
+    def count(module: torch.nn.Module, _inputs, output: torch.Tensor) -> None:
+        if isinstance(module, torch.nn.Conv2d):
+            per_output = module.weight[0].numel()
+            total[0] += per_output * output[0].numel()
+        elif isinstance(module, torch.nn.Linear):
+            total[0] += module.weight.numel()
+
+    handles = [m.register_forward_hook(count) for m in model.modules()
+               if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, *input_size))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return total[0]
+
+
+def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Batched random crop (zero padding ``pad``) and horizontal flip of ``[B, C, H, W]``."""
+    b, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad)).permute(0, 2, 3, 1)  # [B, H + 2p, W + 2p, C]
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    rows = (dy.view(b, 1) + torch.arange(h)).view(b, h, 1)
+    cols = (dx.view(b, 1) + torch.arange(w)).view(b, 1, w)
+    out = padded[torch.arange(b).view(b, 1, 1), rows, cols].permute(0, 3, 1, 2)
+    flip = (torch.rand(b, generator=generator) < 0.5).view(b, 1, 1, 1)
+    return torch.where(flip, out.flip(-1), out)
+
+
+def training_subset(split: Split, limit: Optional[int], seed: int) -> Split:
+    """The first ``limit`` images of a seeded permutation (all images when ``limit`` is None)."""
+    if limit is None or limit >= len(split):
+        return split
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
+    return split.subset(order[:limit])
+
+
+def learning_rate(recipe: Dict[str, Any], step: int, total_steps: int, steps_per_epoch: int) -> float:
+    warmup = int(recipe["warmup_epochs"] * steps_per_epoch)
+    if step < warmup:
+        return recipe["lr"] * (step + 1) / warmup
+    if recipe["schedule"] == "constant":
+        return recipe["lr"]
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return recipe["lr"] * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: ZooModel, recipe: Dict[str, Any]) -> torch.optim.Optimizer:
+    parameters = model.trainable_parameters()
+    if not parameters:
+        raise ValueError(f"{type(model).__name__} has no trainable parameters; its recipe needs epochs: 0")
+    if recipe["optimizer"] == "adamw":
+        return torch.optim.AdamW(parameters, lr=recipe["lr"], weight_decay=recipe["weight_decay"])
+    return torch.optim.SGD(
+        parameters, lr=recipe["lr"], momentum=recipe["momentum"],
+        nesterov=bool(recipe["nesterov"]) and recipe["momentum"] > 0,
+        weight_decay=recipe["weight_decay"],
+    )
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: ZooModel, split: Split, device: torch.device, batch_size: int = 500) -> float:
+    """Top-1 accuracy of ``model`` on ``split``."""
+    model.eval()
+    correct = 0
+    for start in range(0, len(split), batch_size):
+        x = to_float(split.images[start : start + batch_size].to(device))
+        y = split.labels[start : start + batch_size].to(device)
+        correct += int((model(x).argmax(dim=1) == y).sum())
+    return correct / max(1, len(split))
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def train_model(
+    spec: TrainSpec,
+    store: Path,
+    device: str = "auto",
+    progress: bool = True,
+    stop_after_epochs: Optional[int] = None,
+) -> Dict[str, Any]:
+    """Train ``spec`` unless its checkpoint exists; return the checkpoint's record.
+
+    ``stop_after_epochs`` ends the run early (as a preempted job would), leaving ``last.pt``
+    for the next call to resume from. A corrupt checkpoint (``record.json`` off its schema,
+    ``model.pt`` off its sha256) is quarantined and the model trained again.
+    """
+    check_recipe(spec.recipe)
+    folder = spec.folder(store)
+    record = trained_record(folder, Path(store))
+    if record is not None:
+        return record
+    with training_lock(folder):  # one trainer per checkpoint; the others wait, then read it
+        record = trained_record(folder, Path(store))
+        if record is not None:
+            return record
+        return _train(spec, Path(store), folder, device, progress, stop_after_epochs)
+
+
+@contextmanager
+def training_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock on ``folder`` (its ``train.lock`` file) held by one process at a time."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "train.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _train(spec: TrainSpec, store: Path, folder: Path, device: str, progress: bool,
+           stop_after_epochs: Optional[int]) -> Dict[str, Any]:
+    from tqdm import tqdm
+
+    recipe = plain(spec.recipe)
+    torch_device = resolve_device(device)
+    dataset = load_dataset(spec.data)
+    parent = None
+    if spec.parent is not None:  # trained (or found) first; the derived model starts from it
+        parent, _ = load_trained(spec.parent, store, dataset, device=device, progress=progress)
+    torch.manual_seed(spec.seed)
+    model = build_model(spec, dataset).to(torch_device)
+    train_split = training_subset(dataset.train, recipe["max_train_images"], spec.seed)
+    # a corrupt last.pt (off its sidecar's sha256, or not loading) is quarantined: no resume
+    state = load_verified(folder / "last.pt", store, _load_last)
+    resume = state is not None
+    if parent is not None and not resume:
+        model.init_from_parent(parent, train_split)
+    optimizer = make_optimizer(model, recipe) if int(recipe["epochs"]) > 0 else None  # 0: fitted only
+    augment = dataset.augment if recipe["augment"] == "auto" else recipe["augment"]
+
+    n, batch = len(train_split), int(recipe["batch_size"])
+    steps_per_epoch = math.ceil(n / batch)
+    total_steps = steps_per_epoch * int(recipe["epochs"])
+    start_epoch, history, seconds = 0, [], 0.0
+    resumed = []  # the epochs at which an interrupted run (preempted, timed out) went on
+    if resume:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, history, seconds = state["epoch"], state["history"], state["seconds"]
+        resumed = state.get("resumed_at_epochs", []) + [start_epoch]
+        print(f"{spec.model}: resuming after epoch {start_epoch} from {folder / 'last.pt'}", flush=True)
+
+    for epoch in range(start_epoch, int(recipe["epochs"])):
+        if stop_after_epochs is not None and epoch - start_epoch >= stop_after_epochs:
+            return {"finished": False, "epoch": epoch, "folder": str(folder)}
+        began = time.time()
+        model.train()
+        generator = torch.Generator().manual_seed(spec.seed * 100_003 + epoch)
+        order = torch.randperm(n, generator=generator)
+        loss_sum, correct, seen = 0.0, 0, 0
+        bar = tqdm(range(steps_per_epoch), desc=f"{spec.model} epoch {epoch + 1}/{recipe['epochs']}",
+                   disable=not progress, leave=False, mininterval=1.0)
+        for step in bar:
+            index = order[step * batch : (step + 1) * batch]
+            x = to_float(train_split.images[index])
+            if augment == "crop_flip":
+                x = random_crop_flip(x, generator)
+            x, y = x.to(torch_device), train_split.labels[index].to(torch_device)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(recipe, epoch * steps_per_epoch + step, total_steps, steps_per_epoch)
+            logits = model(x)
+            loss = model.loss(logits, y)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{spec.model}: loss became {float(loss)} at epoch {epoch + 1}, step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += float(loss.detach()) * len(index)
+            correct += int((logits.argmax(dim=1) == y).sum())
+            seen += len(index)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+        bar.close()
+        seconds += time.time() - began
+        history.append({"epoch": epoch + 1, "loss": loss_sum / seen, "train_accuracy": correct / seen})
+        atomic_torch_save(
+            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+             "history": history, "seconds": seconds, "resumed_at_epochs": resumed},
+            folder / "last.pt",
+        )
+        write_sidecar(folder / "last.pt")  # after it: its size and sha256, checked on resume
+
+    accuracy = evaluate_accuracy(model, dataset.test, torch_device)
+    record = {
+        "model": spec.model, "key": spec.key(), "spec": spec.identity(), "config": plain(model.config),
+        "test_accuracy": accuracy, "test_images": len(dataset.test), "train_images": n,
+        "history": history, "train_seconds": round(seconds, 1), "device": str(torch_device),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "trained_parameters": sum(p.numel() for p in model.trainable_parameters()), "finished": True,
+        "resumed_at_epochs": resumed,
+    }
+    atomic_torch_save({"model": model.state_dict(), "record": record}, folder / "model.pt")
+    record = {**record, "model_sha256": sha256_file(folder / "model.pt")}  # checked on every read
+    atomic_write_json(folder / "record.json", record)  # last: marks the checkpoint complete
+    remove_with_sidecar(folder / "last.pt")
+    return record
+
+
+def _load_last(path: Path) -> Dict[str, Any]:
+    """The state ``last.pt`` holds (on the CPU: loading it into the model and the optimizer moves it to
+    their device); raises if it is not a training checkpoint."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    missing = [k for k in ("model", "optimizer", "epoch", "history", "seconds") if not isinstance(state, dict)
+               or k not in state]
+    if missing:
+        raise ValueError(f"not a training checkpoint (no {', '.join(missing)})")
+    return state
+
+
+def load_trained(spec: TrainSpec, store: Path, dataset: Dataset, device: str = "auto",
+                 progress: bool = False) -> Tuple[ZooModel, Dict[str, Any]]:
+    """The trained model of ``spec`` (in eval mode) and its record; trains it first if needed."""
+    record = train_model(spec, store, device=device, progress=progress)
+    model = build_model(spec, dataset)
+    state = torch.load(spec.folder(store) / "model.pt", map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"])
+    return model.to(resolve_device(device)).eval(), record
+
+
+def default_recipe_name(model: str) -> str:
+    return MODELS.info(model).get("recipe", "resnet_standard")

@@ -1,0 +1,1 @@
+"""Launchers: where jobs run (in this process, local processes, SLURM job arrays)."""

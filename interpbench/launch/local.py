@@ -1,0 +1,94 @@
+"""The ``debug`` launcher (every job in this process, in turn) and the ``local`` one (a process per
+job through submitit's ``LocalExecutor``, at most ``max_parallel`` at a time)."""
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+from interpbench.engine.jobs import ModelJob
+from interpbench.launch.base import Outcome, SweepWork, cell_keys, last_lines
+
+
+def run_debug(jobs: Sequence[Tuple[str, Callable[[], Any]]], progress: bool = True) -> List[Outcome]:
+    from tqdm import tqdm
+
+    outcomes = []
+    for name, job in tqdm(jobs, desc="jobs", disable=not progress):
+        try:
+            outcomes.append(Outcome(name, True, job(), cells=cell_keys(job)))
+        except Exception:  # a failing job is reported, the others go on
+            outcomes.append(Outcome(name, False, error=last_lines(traceback.format_exc()), cells=cell_keys(job)))
+    return outcomes
+
+
+def run_local(
+    jobs: Sequence[Tuple[str, Callable[[], Any]]],
+    folder: Path,
+    max_parallel: int = 2,
+    timeout_min: float = 120.0,
+    progress: bool = True,
+    poll_seconds: float = 0.5,
+) -> List[Outcome]:
+    """Run each job as a process (submitit ``LocalExecutor``), ``max_parallel`` at a time."""
+    import submitit
+    from tqdm import tqdm
+
+    executor = submitit.LocalExecutor(folder=str(folder))
+    executor.update_parameters(timeout_min=timeout_min)
+    pending = list(jobs)
+    running: List[Tuple[str, Any, List[str]]] = []
+    outcomes: List[Outcome] = []
+    bar = tqdm(total=len(jobs), desc="jobs", disable=not progress)
+    while pending or running:
+        while pending and len(running) < max_parallel:
+            name, job = pending.pop(0)
+            running.append((name, executor.submit(job), cell_keys(job)))
+        for entry in list(running):
+            name, submitted, cells = entry
+            if not submitted.done():
+                continue
+            running.remove(entry)
+            log = str(submitted.paths.stderr)
+            try:
+                outcomes.append(Outcome(name, True, submitted.result(), log=log, cells=cells))
+            except Exception as error:  # submitit raises with the job's traceback
+                outcomes.append(Outcome(name, False, error=last_lines(str(error)), log=log, cells=cells))
+            bar.update(1)
+            bar.set_postfix(failed=sum(not o.ok for o in outcomes))
+        if running:
+            time.sleep(poll_seconds)
+    bar.close()
+    return outcomes
+
+
+def model_jobs(work: SweepWork, threads: Optional[int]) -> List[Tuple[str, ModelJob]]:
+    """One job per model still to do: train it if needed, then compute its missing cells."""
+    cfg = work.cfg
+    return [(work.plan.specs[key].model + f"/seed{work.plan.specs[key].seed}",
+             ModelJob(work.plan.specs[key], work.missing[key], str(work.store), device=cfg.device, threads=threads,
+                      progress=bool(cfg.progress)))
+            for key in work.todo]
+
+
+class DebugLauncher:
+    """Every job in this process, one after another (for stepping through with a debugger)."""
+    name = "debug"
+
+    def launch(self, work: SweepWork) -> List[Outcome]:
+        return run_debug(model_jobs(work, threads=None), progress=bool(work.cfg.progress))
+
+
+class LocalLauncher:
+    """Each model's job in its own process, ``launcher.max_parallel`` at a time, each with
+    ``launcher.threads_per_job`` torch threads (default: the cores shared out)."""
+    name = "local"
+
+    def launch(self, work: SweepWork) -> List[Outcome]:
+        options = work.cfg.launcher
+        parallel = int(options.get("max_parallel", 1))
+        threads = options.get("threads_per_job") or max(1, (os.cpu_count() or 1) // parallel)
+        return run_local(model_jobs(work, threads=int(threads)), work.sweep_dir / "jobs", max_parallel=parallel,
+                         timeout_min=float(options.timeout_min), progress=bool(work.cfg.progress))

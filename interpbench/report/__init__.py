@@ -1,0 +1,1 @@
+"""Reports: a pure function of stored cell results (tables, markdown, figures, HTML)."""

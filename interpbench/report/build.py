@@ -1,0 +1,159 @@
+"""Rebuild reports from stored cell results, without rerunning anything.
+
+    python runners/report.py <sweep folder | results folder | store> [--results-dir DIR] [--store DIR]
+
+- a sweep folder (``<store>/sweeps/<id>/``, with ``sweep.json``): the sweep's cells, read from its
+  store, written to ``<results_dir>/<data>/`` (the sweep's ``results_dir``, relative to the
+  current directory, unless ``--results-dir`` is given), with the sweep's config;
+- a results folder (with ``cells.json``, as every report writes) or a folder of them
+  (``results/``): each rebuilt in place from its ``cells.json`` and ``provenance.json`` alone;
+- a store (with ``cells/``): every cell in it (for one (data, model, explainer, metric, seed),
+  the newest file), written to ``<results-dir>/<data>/`` (default ``results``).
+
+Each report: ``leaderboard.{csv,md}``, ``leaderboard_tidy.csv``, ``cells.{csv,json}``,
+``provenance.json``, the figures (PNG and SVG) and ``report.html`` (see :mod:`interpbench.report.write`).
+The saliency grid and FA-CNN's morphing figure are drawn from the figure inputs stored beside the
+cells (``<store>/figure_inputs/``, copied into ``<results>/<data>/figure_inputs/``; the store is the
+sweep's, the one given, ``--store``, or ``$INTERPBENCH_HOME`` / ``~/.cache/interpbench``); without
+them they are skipped with a printed note. No model, dataset or explainer is loaded, nothing is
+downloaded.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from interpbench.core import CellResult, read_cell_result
+from interpbench.report.markdown import sweep_notes
+from interpbench.report.write import write_leaderboard, write_report
+from interpbench.storage import read_json
+
+
+class ReportError(ValueError):
+    """A path or option the report cannot use; the message is one line."""
+
+
+def newest_cells(paths: Sequence[Path]) -> List[CellResult]:
+    """Cell results, one per (data, model, explainer, metric label, seed): the newest file."""
+
+    chosen: Dict[tuple, tuple] = {}
+    for path in paths:
+        result = read_cell_result(path)
+        identity = (result.data, result.model, result.explainer_label, result.label, result.seed)
+        stamp = path.stat().st_mtime_ns
+        if identity not in chosen or stamp > chosen[identity][0]:
+            chosen[identity] = (stamp, result)
+    return [result for _, result in chosen.values()]
+
+
+def report_sweep(folder: Path, results_dir: Optional[str], store: Optional[str], figures: bool,
+                 rank_metrics: Optional[List[str]], redraw: bool = False) -> Dict[str, Path]:
+
+    sweep = read_json(folder / "sweep.json")
+    cell_store = folder.resolve().parent.parent
+    names = list((sweep.get("cells") or {}).values())
+    present = [cell_store / "cells" / name for name in names if (cell_store / "cells" / name).exists()]
+    if not present:
+        raise ReportError(f"none of the {len(names)} cells of sweep {folder} is in {cell_store / 'cells'}")
+    if len(present) < len(names):
+        print(f"note: {len(names) - len(present)} of {len(names)} cells of this sweep are missing; "
+              "reporting the others")
+    config = sweep.get("config") or {}
+    target = Path(results_dir or config.get("results_dir") or "results")
+    if not target.is_absolute():
+        target = Path(os.getcwd()) / target
+    results = [read_cell_result(path) for path in present]
+    return write_leaderboard(results, target, notes=sweep_notes(config, sweep.get("git_commit", "unknown")),
+                             store=Path(store) if store else cell_store, config=config, figures=figures,
+                             rank_metrics=rank_metrics, redraw=redraw)
+
+
+def report_results_folder(folder: Path, store: Optional[str], figures: bool,
+                          rank_metrics: Optional[List[str]], redraw: bool = False) -> Dict[str, Path]:
+
+    records = read_json(folder / "cells.json")
+    if not isinstance(records, list):
+        raise ReportError(f"{folder / 'cells.json'}: not a list of cell results")
+    results = [CellResult.from_json(record, source=f"{folder / 'cells.json'} item {index}")
+               for index, record in enumerate(records)]
+    if not results:
+        raise ReportError(f"{folder / 'cells.json'} holds no cell results")
+    info = read_json(folder / "provenance.json") if (folder / "provenance.json").exists() else {}
+    files = write_report(results, folder, notes=info.get("notes") or "", store=Path(store) if store else None,
+                         config=info.get("sweep_config"), figures=figures, rank_metrics=rank_metrics,
+                         redraw=redraw)
+    return {f"{folder.name}/{name}": path for name, path in files.items()}
+
+
+def report_store(folder: Path, results_dir: Optional[str], store: Optional[str], figures: bool,
+                 rank_metrics: Optional[List[str]], redraw: bool = False) -> Dict[str, Path]:
+
+    paths = sorted((folder / "cells").glob("*.json"))
+    if not paths:
+        raise ReportError(f"store {folder} has no cell results under {folder / 'cells'}")
+    results = newest_cells(paths)
+    if len(results) < len(paths):
+        print(f"note: {len(paths) - len(results)} older cell files for the same model, explainer, metric and "
+              "seed left out (the newest is reported)")
+    return write_leaderboard(results, Path(results_dir or "results"), store=Path(store) if store else folder,
+                             figures=figures, rank_metrics=rank_metrics, redraw=redraw)
+
+
+def build(path: str, results_dir: Optional[str] = None, store: Optional[str] = None, figures: bool = True,
+          rank_metrics: Optional[List[str]] = None, redraw: bool = False) -> Dict[str, Path]:
+    """Rebuild the report(s) of ``path``; returns the files written (name -> path)."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise ReportError(f"{path} is not a folder; give a sweep folder (with sweep.json), a results "
+                          "folder (with cells.json) or a store (with cells/)")
+    if (folder / "sweep.json").exists():
+        return report_sweep(folder, results_dir, store, figures, rank_metrics, redraw)
+    if (folder / "cells.json").exists():
+        return report_results_folder(folder, store, figures, rank_metrics, redraw)
+    if (folder / "cells").is_dir():
+        return report_store(folder, results_dir, store, figures, rank_metrics, redraw)
+    nested = sorted(p.parent for p in folder.rglob("cells.json"))
+    if nested:
+        written: Dict[str, Path] = {}
+        for inner in nested:
+            files = report_results_folder(inner, store, figures, rank_metrics, redraw)
+            prefix = inner.relative_to(folder).parent
+            written.update({str(prefix / name): p for name, p in files.items()})
+        return written
+    raise ReportError(f"{path} holds no sweep.json, cells.json or cells/; give a sweep folder "
+                      "(<store>/sweeps/<id>), a results folder (results/<data>) or a store")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="interpbench report",
+        description="Rebuild leaderboards, figures and report.html from stored cell results.")
+    parser.add_argument("path", help="a sweep folder (<store>/sweeps/<id>), a results folder (results/<data> "
+                                     "or results/) or a store (with cells/)")
+    parser.add_argument("--results-dir", help="for a sweep folder or a store: write to <results-dir>/<data>/ "
+                                              "(default: the sweep's results_dir, else results)")
+    parser.add_argument("--store", help="where the saliency grid and morphing figure find their stored inputs "
+                                        "(<store>/figure_inputs) when the results folder has no copy (default: "
+                                        "the sweep's store, the store given, else $INTERPBENCH_HOME or "
+                                        "~/.cache/interpbench)")
+    parser.add_argument("--rank-metrics", help="comma-separated metric columns the mean rank averages "
+                                               "(default: all)")
+    parser.add_argument("--no-figures", action="store_true", help="tables and report.html only")
+    parser.add_argument("--redraw", action="store_true", help="draw every figure again, even those whose "
+                                                              "inputs are unchanged (figures.json)")
+    args = parser.parse_args(argv)
+    rank_metrics = [m.strip() for m in args.rank_metrics.split(",") if m.strip()] if args.rank_metrics else None
+    try:
+        written = build(args.path, args.results_dir, args.store or None, not args.no_figures, rank_metrics,
+                        args.redraw)
+    except (ReportError, ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for name, path in written.items():
+        if name.endswith("leaderboard.md"):
+            print("\n" + path.read_text())
+    print("written: " + ", ".join(str(p) for p in written.values()))
+    return 0

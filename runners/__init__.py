@@ -1,1 +1,0 @@
-"""Runners: training, evaluating one cell, the sweep, reports."""
