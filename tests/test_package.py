@@ -165,3 +165,29 @@ def test_console_report_names_a_missing_folder(tmp_path):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "nothing is not a folder" in lines[0]
+
+
+def test_the_wheel_installs_one_namespace_with_its_config(tmp_path):
+    """A plain (non-editable) install: everything under interpbench/, the hydra config included,
+    nothing at the top of site-packages but interpbench."""
+    import shutil
+    import zipfile
+
+    source = tmp_path / "source"  # a copy, so that the build's own folders stay out of the checkout
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".venv", ".git", "results", "build", "*.egg-info", "__pycache__", ".pytest_cache"))
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                            str(source), "-w", str(tmp_path)], capture_output=True, text=True, timeout=300,
+                           cwd=tmp_path)
+    assert built.returncode == 0, built.stderr[-2000:]
+    wheel = next(tmp_path.glob("interpbench-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
+    assert tops == {"interpbench"}
+    for expected in ("interpbench/conf/config.yaml", "interpbench/conf/profile/cpu.yaml",
+                     "interpbench/conf/launcher/slurm.yaml", "interpbench/zoo/fa_cnn.py",
+                     "interpbench/metrics/pixel_removal.py", "interpbench/explainers/rise.py",
+                     "interpbench/data/cifar.py", "interpbench/report/figures.py", "interpbench/cli.py"):
+        assert expected in names, expected
+    entry_points = next(name for name in names if name.endswith("entry_points.txt"))
+    assert "interpbench = interpbench.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

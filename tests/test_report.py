@@ -211,6 +211,19 @@ def test_tables_match_the_stored_cells(tmp_path):
             "before figure inputs were stored); rerun the sweep") in page and "<script src" not in page
 
 
+def test_figures_are_registered_functions_that_say_what_applies(tmp_path):
+    from interpbench.report.figures import FIGURES, FigureContext, StoredInputs
+
+    assert [f.__name__ for f in FIGURES] == ["metric_curves", "insertion_deletion", "accuracy_vs_faithfulness",
+                                             "saliency_grid_figure", "fa_cnn_morphing"]
+    removal_only = [r for r in fake_results() if r.label == "pixel_removal"]
+    context = FigureContext(removal_only, tmp_path, None, None, StoredInputs(removal_only, tmp_path, tmp_path))
+    planned = {f.__name__: [p.name for p in f(context)] for f in FIGURES}
+    assert planned == {"metric_curves": ["pixel_removal_curves"], "insertion_deletion": [],
+                       "accuracy_vs_faithfulness": ["accuracy_vs_faithfulness"],
+                       "saliency_grid_figure": ["saliency_grid"], "fa_cnn_morphing": ["fa_cnn_morphing"]}
+
+
 def test_insertion_deletion_figure_has_one_panel_each(tmp_path):
     from interpbench.report.figures import curves_figure
 

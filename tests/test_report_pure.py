@@ -143,8 +143,8 @@ def test_a_results_folder_alone_rebuilds_the_same_tables_and_figures(swept, tmp_
     status, modules, printed = rebuild_elsewhere(folder, tmp_path, "--redraw", "--store", str(tmp_path / "none"))
     assert status == 0, printed[-2000:]
     assert modules == [], f"the report imported {modules}"
-    assert [line for line in printed.splitlines() if line.startswith("figure skipped")] == [
-        "figure skipped: insertion_deletion: no insertion or deletion cells with curves"]
+    # nothing skipped: insertion and deletion were not asked for, so their figure does not apply
+    assert [line for line in printed.splitlines() if line.startswith("figure skipped")] == []
     rebuilt = tmp_path / "synthetic"
     for name in TABLES:
         assert (rebuilt / name).read_bytes() == (folder / name).read_bytes(), name
@@ -171,7 +171,6 @@ def test_without_stored_inputs_the_two_figures_are_skipped_with_a_note(swept, tm
     remedy = ("(cells computed before figure inputs were stored); rerun the sweep with an empty store, or run "
               "`python -m interpbench.engine.figure_backfill <store>` and the report again")
     assert skipped == [
-        "figure skipped: insertion_deletion: no insertion or deletion cells with curves",
         ("figure skipped: saliency_grid: no stored figure inputs for fa_cnn/gradcam, fa_cnn/native, "
          f"vanilla_cnn/gradcam {remedy}"),
         f"figure skipped: fa_cnn_morphing: no stored figure inputs for fa_cnn, vanilla_cnn {remedy}"]

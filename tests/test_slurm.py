@@ -292,6 +292,11 @@ def test_a_preempted_training_task_requeues_and_resumes_to_the_uninterrupted_wei
     # What SLURM sends on preemption (submitit's own test helper does the same): SIGTERM, which
     # the job ignores, then the requeue signal, on which it checkpoints and requeues itself.
     subprocess.run(["scancel", "--signal=TERM", train["job_id"]], check=True)
+    # scancel returns before slurmd delivers the signal: the requeue signal goes only once the task
+    # has logged the TERM, so that a late TERM cannot kill the `scontrol requeue` it starts.
+    log = Path(train["stderr"])
+    wait_until(lambda: log.exists() and "Bypassing signal SIGTERM" in log.read_text(), seconds=60,
+               what="the task's note of the TERM signal")
     subprocess.run(["scancel", "--signal=USR2", train["job_id"]], check=True)
     thread.join(timeout=600)
     assert outcome["status"] == 0

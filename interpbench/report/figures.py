@@ -32,7 +32,7 @@ import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -489,34 +489,44 @@ class FigureCache:
         atomic_write_bytes(self.path, (json.dumps(self.new, indent=2, sort_keys=True) + "\n").encode())
 
 
-def write_figures(results: Sequence[CellResult], folder: Path, store: Optional[Path] = None,
-                  layer: Optional[int] = None, reuse: bool = True,
-                  tables: Optional[Tuple[Any, Any]] = None) -> Tuple[List[Drawn], List[str]]:
-    """Every figure the results allow, PNG and SVG in ``folder``; returns ``(drawn, skipped)``,
-    ``skipped`` being one line per figure left out and why. ``reuse``: keep a figure whose inputs
-    and drawing code are unchanged (``figures.json``). ``tables``: the results' ``(tidy_table,
-    pivot)`` for the accuracy figure, when the caller has them already."""
+@dataclass
+class FigureContext:
+    """What every figure function reads: the results (sorted), the report's folder, the CAM layer
+    chosen for curves, the report's tables (``(tidy_table, pivot)`` or None) and the stored figure
+    inputs."""
+    results: List[CellResult]
+    folder: Path
+    layer: Optional[int]
+    tables: Optional[Tuple[Any, Any]]
+    stored: "StoredInputs"
 
-    results = sorted(results, key=lambda r: (r.model, r.explainer, r.label, str(r.seed), r.key))
-    store = work_dir(None) if store is None else Path(store)
-    cache = FigureCache(folder, reuse)
-    stored = StoredInputs(results, folder, store)
-    drawn: List[Drawn] = []
-    skipped: List[str] = []
 
-    def add(name: str, inputs: Any, make) -> None:
-        try:
-            figure, notes = cache.get(name, inputs, make)
-        except Exception as error:  # a figure that cannot be drawn is reported, the others go on
-            message = str(error).splitlines()[0] if str(error) else type(error).__name__
-            skipped.append(f"{name}: {message}")
-            return
-        drawn.append(figure)
-        skipped.extend(f"{name}: {note}" for note in notes)
+@dataclass
+class Planned:
+    """One figure a figure function can draw: its name, what it is drawn from (hashed, so that an
+    unchanged figure is reused) and ``make() -> (Drawn, notes)``."""
+    name: str
+    inputs: Any
+    make: Callable[[], Tuple[Drawn, List[str]]]
 
+
+FIGURES: List[Callable[[FigureContext], List[Planned]]] = []
+
+
+def figure(function: Callable[[FigureContext], List[Planned]]) -> Callable[[FigureContext], List[Planned]]:
+    """Register a figure function: it returns the figures it can draw from the context (none when
+    the results do not allow it); :func:`write_figures` draws them in registration order."""
+    FIGURES.append(function)
+    return function
+
+
+@figure
+def metric_curves(context: FigureContext) -> List[Planned]:
+    """Each curve metric's mean curves (insertion and deletion have a figure of their own)."""
+    results, folder, layer = context.results, context.folder, context.layer
     with_curves = [r for r in results if r.curve]
-    plain_labels = sorted({r.label for r in with_curves if r.metric not in INSERTION_DELETION})
-    for label in plain_labels:
+    planned = []
+    for label in sorted({r.label for r in with_curves if r.metric not in INSERTION_DELETION}):
         name = f"{safe_name(label)}_curves"
         metric = next(r.metric for r in with_curves if r.label == label)
         caption = (f"Mean {label} curves, one panel per explainer, one line per model; each model's "
@@ -525,52 +535,104 @@ def write_figures(results: Sequence[CellResult], folder: Path, store: Optional[P
             caption = ("Top-1 accuracy against the percentage of pixels replaced by the dataset mean "
                        "in saliency order (the FA-CNN paper's Figure 4). " + caption)
         chosen = [r for r in with_curves if r.label == label]
-        add(name, [layer, chosen], lambda name=name, label=label, caption=caption: (
+        planned.append(Planned(name, [layer, chosen], lambda name=name, label=label, caption=caption: (
             Drawn(name, f"{label} curves", caption, write_figure(folder, name, curves_figure(results, [label], layer))),
-            []))
-    ordered = [r.label for m in INSERTION_DELETION for r in with_curves if r.metric == m]
-    insertion_deletion = list(dict.fromkeys(ordered))
-    if insertion_deletion:
-        chosen = [r for r in with_curves if r.label in insertion_deletion]
-        add("insertion_deletion", [layer, chosen], lambda: (Drawn(
-            "insertion_deletion", "Insertion and deletion curves",
-            "Insertion and deletion curves, one panel each (a row per explainer), one line per model; each "
-            "model's random-baseline curve dashed in the model's colour.",
-            write_figure(folder, "insertion_deletion",
-                         curves_figure(results, insertion_deletion, layer, title="Insertion and deletion"))), []))
-    else:
-        skipped.append("insertion_deletion: no insertion or deletion cells with curves")
-    if results:
-        add("accuracy_vs_faithfulness", results, lambda: (Drawn(
-            "accuracy_vs_faithfulness", "Accuracy against faithfulness",
-            "Each model's test accuracy against each metric's mean (error bars: the leaderboard's 95 % "
-            "interval); colour: model, marker: explainer.",
-            write_figure(folder, "accuracy_vs_faithfulness", accuracy_figure(results, tables=tables))), []))
+            [])))
+    return planned
 
-    def saliency():
-        figure, notes = saliency_grid_from_inputs(results, stored)
+
+@figure
+def insertion_deletion(context: FigureContext) -> List[Planned]:
+    """Insertion and deletion curves side by side, when the results hold either."""
+    results, folder, layer = context.results, context.folder, context.layer
+    with_curves = [r for r in results if r.curve]
+    labels = list(dict.fromkeys(r.label for m in INSERTION_DELETION for r in with_curves if r.metric == m))
+    if not labels:
+        return []
+    chosen = [r for r in with_curves if r.label in labels]
+    return [Planned("insertion_deletion", [layer, chosen], lambda: (Drawn(
+        "insertion_deletion", "Insertion and deletion curves",
+        "Insertion and deletion curves, one panel each (a row per explainer), one line per model; each "
+        "model's random-baseline curve dashed in the model's colour.",
+        write_figure(folder, "insertion_deletion",
+                     curves_figure(results, labels, layer, title="Insertion and deletion"))), []))]
+
+
+@figure
+def accuracy_vs_faithfulness(context: FigureContext) -> List[Planned]:
+    """Each model's accuracy against each metric's mean."""
+    results, folder = context.results, context.folder
+    if not results:
+        return []
+    return [Planned("accuracy_vs_faithfulness", results, lambda: (Drawn(
+        "accuracy_vs_faithfulness", "Accuracy against faithfulness",
+        "Each model's test accuracy against each metric's mean (error bars: the leaderboard's 95 % "
+        "interval); colour: model, marker: explainer.",
+        write_figure(folder, "accuracy_vs_faithfulness", accuracy_figure(results, tables=context.tables))), []))]
+
+
+@figure
+def saliency_grid_figure(context: FigureContext) -> List[Planned]:
+    """The saliency grid, from the stored figure inputs (random maps left out)."""
+    results, folder, stored = context.results, context.folder, context.stored
+
+    def make():
+        grid, notes = saliency_grid_from_inputs(results, stored)
         return Drawn("saliency_grid", "Saliency maps",
                      "A few scored test images of different classes, then each model's and explainer's map for "
                      "the true class (the FA-CNN paper's Figures 1 and 5); every map scaled by its largest "
                      "absolute value, one colour scale per row.",
-                     write_figure(folder, "saliency_grid", figure)), notes
+                     write_figure(folder, "saliency_grid", grid)), notes
 
-    def morphing():
-        figure, correlations, model_name = morphing_from_inputs(results, stored)
+    shown = [r for r in first_seed(results) if r.explainer != "random"]
+    return [Planned("saliency_grid", [shown, stored.key(shown)], make)]
+
+
+@figure
+def fa_cnn_morphing(context: FigureContext) -> List[Planned]:
+    """FA-CNN's layer-by-layer morphing, from the stored figure inputs."""
+    results, folder, stored = context.results, context.folder, context.stored
+
+    def make():
+        drawing, correlations, model_name = morphing_from_inputs(results, stored)
         last = [per[max(per)] for per in correlations.values()]
         return Drawn("fa_cnn_morphing", "FA-CNN layer-by-layer morphing",
                      f"{model_name}'s class maps averaged over the scored test images of a class, at each layer, "
                      "beside Grad-CAM at the same layer (no ReLU); r: Pearson correlation of the pair. At the last "
                      "layer, which feeds the pooling head, Grad-CAM is the class map over h * w (Theorem 1): r = "
                      + ", ".join(f"{v:.2f}" for v in last) + ".",
-                     write_figure(folder, "fa_cnn_morphing", figure),
+                     write_figure(folder, "fa_cnn_morphing", drawing),
                      extra={"correlations": {str(c): {str(k): v for k, v in per.items()}
                                              for c, per in correlations.items()}}), []
 
-    shown = [r for r in first_seed(results) if r.explainer != "random"]
-    add("saliency_grid", [shown, stored.key(shown)], saliency)
     candidates = fa_cnn_cells(results)
-    add("fa_cnn_morphing", [candidates, stored.key(candidates)], morphing)
-    skipped.extend(f"figure inputs: {problem}" for problem in stored.problems)
+    return [Planned("fa_cnn_morphing", [candidates, stored.key(candidates)], make)]
+
+
+def write_figures(results: Sequence[CellResult], folder: Path, store: Optional[Path] = None,
+                  layer: Optional[int] = None, reuse: bool = True,
+                  tables: Optional[Tuple[Any, Any]] = None) -> Tuple[List[Drawn], List[str]]:
+    """Every figure the results allow (the registered figure functions, :data:`FIGURES`), PNG and SVG
+    in ``folder``; returns ``(drawn, skipped)``, ``skipped`` being one line per figure left out and
+    why. ``reuse``: keep a figure whose inputs and drawing code are unchanged (``figures.json``).
+    ``tables``: the results' ``(tidy_table, pivot)`` for the accuracy figure, when the caller has
+    them already."""
+    results = sorted(results, key=lambda r: (r.model, r.explainer, r.label, str(r.seed), r.key))
+    store = work_dir(None) if store is None else Path(store)
+    cache = FigureCache(folder, reuse)
+    context = FigureContext(results, Path(folder), layer, tables, StoredInputs(results, folder, store))
+    drawn: List[Drawn] = []
+    skipped: List[str] = []
+    for function in FIGURES:
+        for planned in function(context):
+            try:
+                made, notes = cache.get(planned.name, planned.inputs, planned.make)
+            except Exception as error:  # a figure that cannot be drawn is reported, the others go on
+                message = str(error).splitlines()[0] if str(error) else type(error).__name__
+                skipped.append(f"{planned.name}: {message}")
+                continue
+            drawn.append(made)
+            skipped.extend(f"{planned.name}: {note}" for note in notes)
+    skipped.extend(f"figure inputs: {problem}" for problem in context.stored.problems)
     cache.save()
     return drawn, skipped
