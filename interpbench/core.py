@@ -15,6 +15,32 @@ from interpbench.storage import plain, read_json, stable_hash
 
 # Data arguments that change where data is found or fetched, not what it is.
 DATA_KEYS_NOT_IN_IDENTITY = {"download"}
+RECORD_VERSION = 1  # of TrainSpec's and Cell's JSON records
+
+
+class RecordError(ValueError):
+    """A stored record that does not fit its schema; the message is one line naming the problem."""
+
+
+def _fields(obj: Any, source: str, required: Dict[str, Tuple[type, ...]],
+            optional: Dict[str, Tuple[type, ...]]) -> Dict[str, Any]:
+    """``obj`` as a dict checked against ``required`` and ``optional`` field types (``version``
+    aside); raises :class:`RecordError` naming ``source`` and the first problem."""
+    if not isinstance(obj, dict):
+        raise RecordError(f"{source}: not a JSON object")
+    obj = {k: v for k, v in obj.items() if k != "version"}
+    missing = [name for name in required if name not in obj]
+    if missing:
+        raise RecordError(f"{source}: missing fields {', '.join(missing)}")
+    unknown = sorted(set(obj) - set(required) - set(optional))
+    if unknown:
+        raise RecordError(f"{source}: unknown fields {', '.join(unknown)}")
+    for name, value in obj.items():
+        types = required.get(name) or optional[name]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise RecordError(f"{source}: field {name} is {type(value).__name__}, expected "
+                              + " or ".join("null" if t is type(None) else t.__name__ for t in types))
+    return obj
 
 
 @dataclass(frozen=True)
@@ -45,6 +71,21 @@ class TrainSpec:
 
     def folder(self, store: Path) -> Path:
         return Path(store) / "models" / f"{self.model}-{self.key()}"
+
+    def to_json(self) -> Dict[str, Any]:
+        """Every field (the data's ``download`` too), versioned; :meth:`from_json` reads it back."""
+        return {"version": RECORD_VERSION, "model": self.model, "data": plain(self.data),
+                "recipe": plain(self.recipe), "size": self.size, "model_args": plain(self.model_args),
+                "seed": self.seed, "parent": None if self.parent is None else self.parent.to_json()}
+
+    @classmethod
+    def from_json(cls, obj: Any, source: str = "training spec") -> "TrainSpec":
+        """A spec from :meth:`to_json`'s record, or from an identity (a cell record's ``train``),
+        which has the same key."""
+        fields = _fields(obj, source, {"model": (str,), "data": (dict,), "recipe": (dict,)},
+                         {"size": (str,), "model_args": (dict,), "seed": (int,), "parent": (dict, type(None))})
+        parent = fields.pop("parent", None)
+        return cls(**fields, parent=None if parent is None else cls.from_json(parent, f"{source} (parent)"))
 
 
 TARGETS = ("predicted", "label")
@@ -82,9 +123,23 @@ class Cell:
                                     if k not in ("metric", "metric_args")})
         return Path(store) / "saliency" / f"{self.train.model}__{self.explainer}-{saliency_key}.pt"
 
+    def to_json(self) -> Dict[str, Any]:
+        """Every field (``batch_size`` too), versioned; :meth:`from_json` reads it back."""
+        return {"version": RECORD_VERSION, "train": self.train.to_json(), "explainer": self.explainer,
+                "metric": self.metric, "explainer_args": plain(self.explainer_args),
+                "metric_args": plain(self.metric_args), "num_images": self.num_images,
+                "batch_size": self.batch_size, "target": self.target, "eval_seed": self.eval_seed}
 
-class RecordError(ValueError):
-    """A stored record that does not fit its schema; the message is one line naming the problem."""
+    @classmethod
+    def from_json(cls, obj: Any, source: str = "cell") -> "Cell":
+        """A cell from :meth:`to_json`'s record, or from an identity (a cell result's ``cell``, which
+        has no ``batch_size``: the default is taken), with the same key."""
+        fields = _fields(obj, source, {"train": (dict,), "explainer": (str,), "metric": (str,)},
+                         {"explainer_args": (dict,), "metric_args": (dict,), "num_images": (int,),
+                          "batch_size": (int,), "target": (str,), "eval_seed": (int,)})
+        if fields.get("target", "predicted") not in TARGETS:
+            raise RecordError(f"{source}: target {fields['target']!r}; valid targets: {', '.join(TARGETS)}")
+        return cls(**dict(fields, train=TrainSpec.from_json(fields["train"], f"{source} (train)")))
 
 
 CELL_RESULT_VERSION = 1

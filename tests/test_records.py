@@ -120,3 +120,36 @@ def test_the_report_command_names_a_corrupt_cell(tmp_path, capsys):
     assert report_main([str(store), "--results-dir", str(tmp_path / "out"), "--no-figures"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(store / "cells" / "fa_cnn-a.json") in err
+
+
+def test_a_training_spec_and_a_cell_round_trip_with_their_keys():
+    from interpbench.core import Cell, TrainSpec
+
+    parent = TrainSpec("resnet18", {"name": "synthetic", "num_train": 200, "download": True},
+                       {"epochs": 1, "lr": 0.1}, size="cpu", model_args={"width": 8}, seed=3)
+    spec = TrainSpec("ca_stream_resnet18", {"name": "synthetic", "num_train": 200}, {"epochs": 2}, seed=3,
+                     parent=parent)
+    cell = Cell(spec, "rise", "pixel_removal", explainer_args={"num_masks": 50}, metric_args={"steps": 5},
+                num_images=40, batch_size=20, target="label", eval_seed=2)
+    assert TrainSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
+    assert Cell.from_json(json.loads(json.dumps(cell.to_json()))) == cell
+    # from an identity, as a cell result stores it: the same key (batch_size and download are not in it)
+    again = Cell.from_json(cell.identity())
+    assert again.key() == cell.key() and again.train.key() == spec.key() and again.batch_size == 250
+    assert spec.to_json()["version"] == cell.to_json()["version"] == 1
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c.pop("metric"), "cells/x: missing fields metric"),
+    (lambda c: c.update(target="both"), "cells/x: target 'both'; valid targets: predicted, label"),
+    (lambda c: c["train"].update(seed="0"), "cells/x (train): field seed is str, expected int"),
+    (lambda c: c["train"].update(parent={"model": "resnet18"}), "cells/x (train) (parent): missing fields data, recipe"),
+])
+def test_a_bad_cell_record_is_one_line(change, message):
+    from interpbench.core import Cell, TrainSpec
+
+    record = Cell(TrainSpec("fa_cnn", {"name": "synthetic"}, {"epochs": 1}), "random", "pixel_removal").to_json()
+    change(record)
+    with pytest.raises(RecordError) as caught:
+        Cell.from_json(record, source="cells/x")
+    assert str(caught.value) == message

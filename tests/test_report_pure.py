@@ -61,9 +61,9 @@ def cells_of(folder: Path):
 
 
 def test_figure_inputs_are_stored_beside_the_cells_and_copied_into_the_results(swept):
+    from interpbench.core import Cell
     from interpbench.data import load_dataset
     from interpbench.engine.evaluate import evaluation_images
-    from interpbench.engine.figure_backfill import cell_from_identity
     from interpbench.engine.figure_inputs import pick_images
     from interpbench.engine.train import load_trained
     from interpbench.explainers import EXPLAINERS
@@ -75,7 +75,7 @@ def test_figure_inputs_are_stored_beside_the_cells_and_copied_into_the_results(s
     assert sorted(p.name for p in (store / FOLDER).glob("*.npz")) == sorted(groups)
     assert sorted(p.name for p in (folder / FOLDER).glob("*.npz")) == sorted(groups)
     result = groups[next(name for name in groups if name.startswith("fa_cnn__gradcam-"))]
-    cell = cell_from_identity(result.cell)
+    cell = Cell.from_json(result.cell)
     assert inputs_name(result.cell) == cell.saliency_path(store).stem + ".npz"  # named by the saliency key
     assert cell.key() == result.key
     dataset = load_dataset(cell.train.data)
@@ -92,7 +92,7 @@ def test_figure_inputs_are_stored_beside_the_cells_and_copied_into_the_results(s
         assert stored.meta["labels"] == images["y"][picked].tolist()
         assert stored.class_names == [dataset.classes[c] for c in stored.meta["labels"]]
         # The maps are the explainer's for the TRUE class, as the report computed them before.
-        cell = cell_from_identity(result.cell)
+        cell = Cell.from_json(result.cell)
         if cell.train.model not in models:
             models[cell.train.model] = load_trained(cell.train, store, dataset, device="cpu")[0]
         model = models[cell.train.model]
@@ -221,17 +221,17 @@ def test_a_failing_hook_or_a_computed_one_leaves_the_cells_as_they_are(swept, tm
     goes on from where the maps left it): the hook uses an explainer of its own, so the scores are
     the same with and without it; and when it fails, the cells are computed all the same."""
     import interpbench.engine.figure_inputs as hook
+    from interpbench.core import Cell
     from interpbench.engine.evaluate import run_cells
-    from interpbench.engine.figure_backfill import cell_from_identity
 
     store = swept[1]
     fa_cnn = next(r for r in cells_of(swept[2]) if r.model == "fa_cnn")
-    spec = cell_from_identity(fa_cnn.cell).train
+    spec = Cell.from_json(fa_cnn.cell).train
     scores = {}
     for run in ("with", "failing"):
         copy = tmp_path / run
         shutil.copytree(store / "models", copy / "models")
-        cell = cell_from_identity(dict(fa_cnn.cell, explainer="random", explainer_args={"seed": 3},
+        cell = Cell.from_json(dict(fa_cnn.cell, explainer="random", explainer_args={"seed": 3},
                                        metric="model_randomisation", metric_args={"skip_layers": True}))
         assert cell.train == spec
         if run == "failing":

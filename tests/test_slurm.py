@@ -282,7 +282,7 @@ def test_a_preempted_training_task_requeues_and_resumes_to_the_uninterrupted_wei
     from interpbench.engine.train import train_model
 
     epochs = 5
-    cfg = on_slurm(tmp_path, "zoo=fa_cnn", "explainer=random", "data.num_train=600",
+    cfg = on_slurm(tmp_path, "zoo=fa_cnn", "explainer=random", "data.num_train=1800",
                    f"profile.recipes.fa_minimal.epochs={epochs}")
     store = tmp_path / "store"
     thread, outcome = in_background(cfg)

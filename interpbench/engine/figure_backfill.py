@@ -10,52 +10,17 @@ then rebuild the report (``python runners/report.py <sweep folder | store>``) to
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from interpbench.core import Cell, CellResult, TrainSpec, read_cell_result
+from interpbench.core import Cell, CellResult, read_cell_result
 from interpbench.data import load_dataset
 from interpbench.engine.evaluate import evaluation_images
 from interpbench.engine.figure_inputs import store_figure_inputs
 from interpbench.engine.train import load_trained
 from interpbench.report.inputs import inputs_path
-from interpbench.storage import HOME_ENV, plain, read_json
-
-
-def spec_from_identity(identity: Dict[str, Any]) -> TrainSpec:
-    """The :class:`TrainSpec` whose identity is ``identity`` (a cell's ``train``)."""
-    parent = spec_from_identity(identity["parent"]) if identity.get("parent") else None
-    return TrainSpec(model=identity["model"], data=identity["data"], recipe=identity["recipe"],
-                     size=identity.get("size", "cpu"), model_args=identity.get("model_args") or {},
-                     seed=identity.get("seed", 0), parent=parent)
-
-
-def cell_from_identity(identity: Dict[str, Any]) -> Cell:
-    """The :class:`Cell` whose identity is ``identity`` (a cell result's ``cell``)."""
-    return Cell(train=spec_from_identity(identity["train"]), explainer=identity["explainer"],
-                metric=identity["metric"], explainer_args=identity.get("explainer_args") or {},
-                metric_args=identity.get("metric_args") or {}, num_images=int(identity["num_images"]),
-                target=identity.get("target", "predicted"), eval_seed=int(identity.get("eval_seed", 0)))
-
-
-@contextmanager
-def data_home(store: Path) -> Iterator[None]:
-    """Read decoded datasets from ``store`` when it holds a data cache (else the work directory)."""
-    if not (Path(store) / "data").is_dir():
-        yield
-        return
-    saved = os.environ.get(HOME_ENV)
-    os.environ[HOME_ENV] = str(store)
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop(HOME_ENV, None)
-        else:
-            os.environ[HOME_ENV] = saved
+from interpbench.storage import plain, read_json, using_store
 
 
 def backfill(results: Sequence[CellResult], store: Path, device: str = "cpu") -> Tuple[List[Path], List[str]]:
@@ -65,7 +30,7 @@ def backfill(results: Sequence[CellResult], store: Path, device: str = "cpu") ->
     groups: Dict[Path, Cell] = {}
     for result in results:
         if result.cell and not inputs_path(store, result.cell).exists():
-            groups.setdefault(inputs_path(store, result.cell), cell_from_identity(result.cell))
+            groups.setdefault(inputs_path(store, result.cell), Cell.from_json(result.cell))
     written: List[Path] = []
     problems: List[str] = []
     datasets: Dict[str, Any] = {}
@@ -75,7 +40,7 @@ def backfill(results: Sequence[CellResult], store: Path, device: str = "cpu") ->
         try:
             data_key = str(plain(cell.train.data))
             if data_key not in datasets:
-                with data_home(store):
+                with using_store(store):  # the store's decoded data (decoded there if missing)
                     datasets[data_key] = load_dataset(cell.train.data)
             dataset = datasets[data_key]
             if cell.train.key() not in models:
