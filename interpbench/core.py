@@ -52,11 +52,17 @@ class TrainSpec:
     model_args: Dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     parent: Optional["TrainSpec"] = None  # derived models start from this trained model
+    # {"path", "sha256"} of a weights file: the model is loaded from it, not trained
+    weights: Optional[Dict[str, str]] = None
 
     def identity(self) -> Dict[str, Any]:
         data = {k: v for k, v in plain(self.data).items() if k not in DATA_KEYS_NOT_IN_IDENTITY}
         identity = {"model": self.model, "size": self.size, "model_args": plain(self.model_args),
                     "data": data, "recipe": plain(self.recipe), "seed": self.seed}
+        if self.weights is not None:  # the file's content fixes the weights: no recipe, no parent
+            del identity["recipe"]
+            identity["weights_sha256"] = self.weights["sha256"]
+            return identity
         if self.parent is not None:
             identity["parent"] = self.parent.identity()
         return identity
@@ -76,14 +82,22 @@ class TrainSpec:
         """Every field (the data's ``download`` too), versioned; :meth:`from_json` reads it back."""
         return {"version": RECORD_VERSION, "model": self.model, "data": plain(self.data),
                 "recipe": plain(self.recipe), "size": self.size, "model_args": plain(self.model_args),
-                "seed": self.seed, "parent": None if self.parent is None else self.parent.to_json()}
+                "seed": self.seed, "parent": None if self.parent is None else self.parent.to_json(),
+                "weights": None if self.weights is None else dict(self.weights)}
 
     @classmethod
     def from_json(cls, obj: Any, source: str = "training spec") -> "TrainSpec":
         """A spec from :meth:`to_json`'s record, or from an identity (a cell record's ``train``),
         which has the same key."""
-        fields = _fields(obj, source, {"model": (str,), "data": (dict,), "recipe": (dict,)},
-                         {"size": (str,), "model_args": (dict,), "seed": (int,), "parent": (dict, type(None))})
+        fields = _fields(obj, source, {"model": (str,), "data": (dict,)},
+                         {"recipe": (dict,), "size": (str,), "model_args": (dict,), "seed": (int,),
+                          "parent": (dict, type(None)), "weights": (dict, type(None)), "weights_sha256": (str,)})
+        sha = fields.pop("weights_sha256", None)  # an identity's form of the weights (no path)
+        if sha is not None and fields.get("weights") is None:
+            fields["weights"] = {"path": "", "sha256": sha}
+        fields.setdefault("recipe", {})
+        if "recipe" not in obj and fields.get("weights") is None:
+            raise RecordError(f"{source}: missing fields recipe")
         parent = fields.pop("parent", None)
         return cls(**fields, parent=None if parent is None else cls.from_json(parent, f"{source} (parent)"))
 

@@ -44,7 +44,8 @@ RECORD_FIELDS: Dict[str, Tuple[type, ...]] = {
 # optional fields of record.json (older records lack some), checked when present
 RECORD_OPTIONAL_FIELDS: Dict[str, Tuple[type, ...]] = {
     "test_images": (int,), "train_images": (int,), "device": (str,), "parameters": (int,),
-    "trained_parameters": (int,), "resumed_at_epochs": (list,), "model_sha256": (str,),
+    "trained_parameters": (int,), "resumed_at_epochs": (list,), "model_sha256": (str,), "weights": (dict,),
+    "load_seconds": (float, int),
 }
 MODEL_FILES = ("record.json", "model.pt")  # a finished model's files (last.pt is checked on its own)
 REQUIRED_ARRAYS = ("train_images", "train_labels", "test_images", "test_labels")

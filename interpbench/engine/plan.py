@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from omegaconf import DictConfig, ListConfig
 
@@ -14,6 +14,7 @@ from interpbench.core import Cell, TrainSpec
 from interpbench.data import load_dataset
 from interpbench.data.base import ImageFolderError
 from interpbench.engine.train import default_recipe_name, multiply_accumulates
+from interpbench.engine.weights import WeightsError, load_weights, weights_ref
 from interpbench.explainers import EXPLAINERS
 from interpbench.metrics import METRICS
 from interpbench.registry import Registry, UnknownNameError
@@ -103,23 +104,46 @@ def plan_sweep(cfg: DictConfig) -> Plan:
             )
         return plain(cfg.profile.recipes[recipe_name]), plain((cfg.get("model_args", {}) or {}).get(model_name, {}))
 
+    weight_refs: Dict[str, Dict[str, str]] = {}
+
+    def weights_of(model_name: str, model_args: Dict[str, Any]) -> Optional[Dict[str, str]]:
+        """``model_args.<model>.weights`` (removed from the builder's arguments) as ``{path, sha256}``."""
+        path = model_args.pop("weights", None)
+        if path is None:
+            return None
+        if model_name not in weight_refs:
+            try:
+                weight_refs[model_name] = weights_ref(path)
+            except WeightsError as error:
+                raise SweepConfigError(f"model_args.{model_name}.weights: {error}") from None
+        return weight_refs[model_name]
+
     def make_spec(model_name: str, seed: int) -> TrainSpec:
-        """The training spec of ``model_name``, with its parent's spec for a derived model."""
+        """The training spec of ``model_name``, with its parent's spec for a derived model (none when
+        the model is loaded from a weights file)."""
         recipe, model_args = recipe_and_args(model_name)
+        weights = weights_of(model_name, model_args)
         parent_name = MODELS.info(model_name).get("parent")
-        parent = make_spec(parent_name, seed) if parent_name else None
+        parent = make_spec(parent_name, seed) if parent_name and weights is None else None
         return TrainSpec(model=model_name, data=plain(cfg.data), recipe=recipe, size=cfg.profile.size,
-                         model_args=model_args, seed=seed, parent=parent)
+                         model_args=model_args, seed=seed, parent=parent, weights=weights)
 
     plan = Plan()
     for model_name in models:
         recipe, model_args = recipe_and_args(model_name)
+        weights = weights_of(model_name, model_args)
         try:
-            probe = create_model(model_name, size=cfg.profile.size, **dataset.model_config(), **model_args)
+            probe = create_model(model_name, size=cfg.profile.size, **{**dataset.model_config(), **model_args})
         except (TypeError, ValueError) as error:
             raise SweepConfigError(f"model {model_name}: {error}") from None
+        if weights is not None:  # a file that does not fit is named before anything runs
+            try:
+                load_weights(probe, weights["path"], name=model_name)
+            except WeightsError as error:
+                raise SweepConfigError(f"model_args.{model_name}.weights: {error}") from None
         train_images = min(len(dataset.train), recipe["max_train_images"] or len(dataset.train))
-        cost = multiply_accumulates(probe, dataset.input_size) * train_images * recipe["epochs"]
+        epochs = 0 if weights is not None else recipe["epochs"]
+        cost = multiply_accumulates(probe, dataset.input_size) * train_images * epochs
         for seed in cfg.seeds:
             spec = make_spec(model_name, int(seed))
             plan.cost[spec.key()] = cost

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from interpbench.core import TrainSpec
 from interpbench.data import load_dataset
 from interpbench.data.base import Dataset, Split, to_float
+from interpbench.engine.weights import WeightsError, load_weights, weights_ref
 from interpbench.integrity import load_verified, remove_with_sidecar, sha256_file, trained_record, write_sidecar
 from interpbench.storage import atomic_torch_save, atomic_write_json, plain
 from interpbench.zoo import MODELS, ZooModel, create_model
@@ -49,7 +50,9 @@ def check_recipe(recipe: Dict[str, Any]) -> None:
 
 
 def build_model(spec: TrainSpec, dataset: Dataset) -> ZooModel:
-    model = create_model(spec.model, size=spec.size, **dataset.model_config(), **plain(spec.model_args))
+    """The untrained model of ``spec``; its ``model_args`` override the data's arguments (``mean`` and
+    ``std``, for weights trained with other statistics)."""
+    model = create_model(spec.model, size=spec.size, **{**dataset.model_config(), **plain(spec.model_args)})
     if getattr(model, "channels_last", False):  # faster convolutions for this family
         model = model.to(memory_format=torch.channels_last)
     return model
@@ -155,7 +158,8 @@ def train_model(
     for the next call to resume from. A corrupt checkpoint (``record.json`` off its schema,
     ``model.pt`` off its sha256) is quarantined and the model trained again.
     """
-    check_recipe(spec.recipe)
+    if spec.weights is None:  # loaded from a file: no recipe runs
+        check_recipe(spec.recipe)
     folder = spec.folder(store)
     record = trained_record(folder, Path(store))
     if record is not None:
@@ -188,6 +192,8 @@ def _train(spec: TrainSpec, store: Path, folder: Path, device: str, progress: bo
     recipe = plain(spec.recipe)
     torch_device = resolve_device(device)
     dataset = load_dataset(spec.data)
+    if spec.weights is not None:
+        return _load_from_weights(spec, folder, dataset, torch_device)
     parent = None
     if spec.parent is not None:  # trained (or found) first; the derived model starts from it
         parent, _ = load_trained(spec.parent, store, dataset, device=device, progress=progress)
@@ -266,6 +272,29 @@ def _train(spec: TrainSpec, store: Path, folder: Path, device: str, progress: bo
     record = {**record, "model_sha256": sha256_file(folder / "model.pt")}  # checked on every read
     atomic_write_json(folder / "record.json", record)  # last: marks the checkpoint complete
     remove_with_sidecar(folder / "last.pt")
+    return record
+
+
+def _load_from_weights(spec: TrainSpec, folder: Path, dataset: Dataset, device: torch.device) -> Dict[str, Any]:
+    """No training: the model with the weights of ``spec.weights`` (checked against the hash the spec
+    was planned with), its accuracy, and the record saying where they came from."""
+    ref = weights_ref(spec.weights["path"])
+    if ref["sha256"] != spec.weights["sha256"]:
+        raise WeightsError(f"weights {ref['path']} changed since the sweep was planned (sha256 "
+                           f"{ref['sha256'][:16]}, planned {spec.weights['sha256'][:16]}); run the sweep again")
+    began = time.time()
+    model = load_weights(build_model(spec, dataset), ref["path"], name=spec.model).to(device)
+    accuracy = evaluate_accuracy(model, dataset.test, device)
+    record = {
+        "model": spec.model, "key": spec.key(), "spec": spec.identity(), "config": plain(model.config),
+        "test_accuracy": accuracy, "test_images": len(dataset.test), "train_images": 0, "history": [],
+        "train_seconds": 0.0, "device": str(device), "parameters": sum(p.numel() for p in model.parameters()),
+        "trained_parameters": 0, "finished": True, "resumed_at_epochs": [], "weights": ref,
+        "load_seconds": round(time.time() - began, 1),
+    }
+    atomic_torch_save({"model": model.state_dict(), "record": record}, folder / "model.pt")
+    record = {**record, "model_sha256": sha256_file(folder / "model.pt")}
+    atomic_write_json(folder / "record.json", record)
     return record
 
 
