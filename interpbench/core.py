@@ -212,10 +212,6 @@ class CellResult:
     version: int = CELL_RESULT_VERSION
 
     @property
-    def num_images_requested(self) -> Optional[int]:
-        return self.cell.get("num_images")
-
-    @property
     def explainer_args(self) -> Dict[str, Any]:
         return dict(self.cell.get("explainer_args") or {})
 
@@ -259,17 +255,7 @@ class CellResult:
                                                         (obj.get("cell") or {}).get("explainer_args") or {})
         if version == 0:
             obj.setdefault("flag", None)  # records from before sanity flags had none
-        missing = [name for name in _CELL_RESULT_FIELDS if name not in obj]
-        if missing:
-            raise RecordError(f"{source}: missing fields {', '.join(missing)}")
-        unknown = sorted(set(obj) - set(_CELL_RESULT_FIELDS))
-        if unknown:
-            raise RecordError(f"{source}: unknown fields {', '.join(unknown)}")
-        for name, types in _CELL_RESULT_FIELDS.items():
-            value = obj[name]
-            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-                raise RecordError(f"{source}: field {name} is {type(value).__name__}, expected "
-                                  + " or ".join("null" if t is type(None) else t.__name__ for t in types))
+        obj = _fields(obj, source, _CELL_RESULT_FIELDS, {})
         if len(obj["per_image"]) != obj["num_images"]:
             raise RecordError(f"{source}: {len(obj['per_image'])} per-image scores for num_images "
                               f"{obj['num_images']}")
