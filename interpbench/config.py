@@ -34,7 +34,7 @@ from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequ
 
 from interpbench.core import TARGETS
 from interpbench.data import DATASETS
-from interpbench.engine.train import AUGMENTS, RECIPE_KEYS
+from interpbench.engine.train import AUGMENTS, OPTIMIZERS, RECIPE_KEYS, SCHEDULES
 from interpbench.explainers import EXPLAINERS
 from interpbench.launch.base import LAUNCHERS
 from interpbench.launch.slurm_client import GROUP_CELLS
@@ -230,14 +230,14 @@ EVAL: Schema = {
 }
 
 RECIPE: Schema = {
-    "optimizer": rule("str", choices=("sgd", "adamw")),
+    "optimizer": rule("str", choices=OPTIMIZERS),
     "lr": rule("float", least=0),
     "momentum": rule("float", least=0, below=1),
     "nesterov": rule("bool"),
     "weight_decay": rule("float", least=0),
     "batch_size": COUNT,
     "epochs": rule("int", least=0),
-    "schedule": rule("str", choices=("constant", "cosine")),
+    "schedule": rule("str", choices=SCHEDULES),
     "warmup_epochs": rule("float", least=0),
     "augment": rule("str", choices=tuple(AUGMENTS)),
     "max_train_images": OPTIONAL_COUNT,

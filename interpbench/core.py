@@ -22,24 +22,40 @@ class RecordError(ValueError):
     """A stored record that does not fit its schema; the message is one line naming the problem."""
 
 
-def _fields(obj: Any, source: str, required: Dict[str, Tuple[type, ...]],
-            optional: Dict[str, Tuple[type, ...]]) -> Dict[str, Any]:
-    """``obj`` as a dict checked against ``required`` and ``optional`` field types (``version``
-    aside); raises :class:`RecordError` naming ``source`` and the first problem."""
+def field_problem(obj: Any, required: Dict[str, Tuple[type, ...]], optional: Dict[str, Tuple[type, ...]],
+                  allow_unknown: bool = False) -> Optional[str]:
+    """What is wrong with the JSON object ``obj`` against ``required`` and ``optional`` field types
+    (checked in the schema's order), or ``None``; fields outside both are a problem unless
+    ``allow_unknown``. Serves every stored record (:mod:`interpbench.integrity` reads ``record.json``
+    with it)."""
     if not isinstance(obj, dict):
-        raise RecordError(f"{source}: not a JSON object")
-    obj = {k: v for k, v in obj.items() if k != "version"}
+        return "not a JSON object"
     missing = [name for name in required if name not in obj]
     if missing:
-        raise RecordError(f"{source}: missing fields {', '.join(missing)}")
+        return f"missing fields {', '.join(missing)}"
     unknown = sorted(set(obj) - set(required) - set(optional))
-    if unknown:
-        raise RecordError(f"{source}: unknown fields {', '.join(unknown)}")
-    for name, value in obj.items():
-        types = required.get(name) or optional[name]
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            raise RecordError(f"{source}: field {name} is {type(value).__name__}, expected "
-                              + " or ".join("null" if t is type(None) else t.__name__ for t in types))
+    if unknown and not allow_unknown:
+        return f"unknown fields {', '.join(unknown)}"
+    for fields in (required, optional):
+        for name, types in fields.items():
+            if name not in obj:
+                continue
+            value = obj[name]
+            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+                return (f"field {name} is {type(value).__name__}, expected "
+                        + " or ".join("null" if t is type(None) else t.__name__ for t in types))
+    return None
+
+
+def _fields(obj: Any, source: str, required: Dict[str, Tuple[type, ...]],
+            optional: Dict[str, Tuple[type, ...]]) -> Dict[str, Any]:
+    """``obj`` (``version`` aside) checked by :func:`field_problem`; raises :class:`RecordError`
+    naming ``source`` and the first problem."""
+    if isinstance(obj, dict):
+        obj = {k: v for k, v in obj.items() if k != "version"}
+    problem = field_problem(obj, required, optional)
+    if problem:
+        raise RecordError(f"{source}: {problem}")
     return obj
 
 

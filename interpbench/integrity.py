@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-from interpbench.core import RecordError, read_cell_result
+from interpbench.core import RecordError, field_problem, read_cell_result
 from interpbench.storage import atomic_write_json, read_json
 
 QUARANTINE = "quarantine"
@@ -224,18 +224,9 @@ def cell_done(cell: Any, store: Path) -> bool:
 
 def record_problem(record: Any, folder: Path) -> Optional[str]:
     """What is wrong with a parsed ``record.json`` of the model folder ``folder``, or ``None``."""
-    if not isinstance(record, dict):
-        return "not a JSON object"
-    missing = [name for name in RECORD_FIELDS if name not in record]
-    if missing:
-        return f"missing fields {', '.join(missing)}"
-    for fields in (RECORD_FIELDS, RECORD_OPTIONAL_FIELDS):
-        for name, types in fields.items():
-            if name not in record:
-                continue
-            value = record[name]
-            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-                return f"field {name} is {type(value).__name__}, expected {' or '.join(t.__name__ for t in types)}"
+    problem = field_problem(record, RECORD_FIELDS, RECORD_OPTIONAL_FIELDS, allow_unknown=True)
+    if problem:
+        return problem
     if not record["finished"]:
         return "finished is false"
     if Path(folder).name != f"{record['model']}-{record['key']}":

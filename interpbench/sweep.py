@@ -55,7 +55,6 @@ def in_sweep_store(task: Any) -> Any:
 @in_sweep_store
 def train_only(cfg: Any) -> int:
     """Train (or find in the cache) every model the sweep ``cfg`` would use; print each one."""
-
     plan = plan_or_report(cfg)
     if plan is None:
         return 2
@@ -70,7 +69,6 @@ def train_only(cfg: Any) -> int:
 @in_sweep_store
 def run_sweep(cfg: DictConfig) -> int:
     """Run the sweep described by ``cfg``; returns the exit status (0: every cell done)."""
-
     began = time.time()
     try:
         validate(cfg)  # before the SLURM check, so that a bad value is named first
@@ -155,7 +153,6 @@ def sweep_status(cfg: DictConfig) -> int:
     """``interpbench status <the sweep's arguments>`` (or ``sweep ... --status``): each cell done, running, failed
     or missing, read from the result files, from SLURM (squeue, sacct) for the tasks recorded under
     ``<store>/sweeps/*/slurm.json``, and from the failures recorded by earlier runs."""
-
     plan = plan_or_report(cfg)
     if plan is None:
         return 2
@@ -234,7 +231,6 @@ def verify_status(cfg: DictConfig) -> int:
     """``interpbench status --verify [store=PATH]``: check every artifact of the store (cells, model
     folders, ``last.pt``, saliency caches, decoded arrays), quarantine what is corrupt (one line each on
     stderr), print the total; a later sweep recomputes what was quarantined."""
-
     store = work_dir(None if cfg.get("store") is None else str(cfg.store))
     checked, quarantined = verify_store(store)
     print(f"verify: {checked} artifacts checked in {store}, {len(quarantined)} quarantined"

@@ -21,8 +21,7 @@ from interpbench.data.base import Dataset, to_float
 from interpbench.engine.figure_inputs import store_figure_inputs
 from interpbench.engine.train import load_trained, resolve_device
 from interpbench.explainers import EXPLAINERS
-from interpbench.integrity import cell_result as verified_cell_result
-from interpbench.integrity import load_verified, torch_file, write_sidecar
+from interpbench.integrity import cell_result, load_verified, torch_file, write_sidecar
 from interpbench.launch.base import last_lines
 from interpbench.metrics import METRICS
 from interpbench.metrics.base import Batch
@@ -76,12 +75,15 @@ def make_explainer(cell: Cell, model: ZooModel):
 
 
 def compute_saliency(cell: Cell, model: ZooModel, images: Dict[str, torch.Tensor], store: Path,
-                     progress: bool = False, targets: Optional[torch.Tensor] = None) -> torch.Tensor:
+                     progress: bool = False, targets: Optional[torch.Tensor] = None,
+                     explainer: Any = None) -> torch.Tensor:
+    """The maps of ``cell``'s explained group: from the cache, else computed (with ``explainer`` when
+    the caller has made it already) and cached."""
     path = cell.saliency_path(store)
     cached = load_verified(path, Path(store), torch_file)  # a corrupt cache is quarantined: computed again
     if cached is not None:
         return cached
-    explainer = make_explainer(cell, model)
+    explainer = make_explainer(cell, model) if explainer is None else explainer
     targets = explain_targets(cell, model, images) if targets is None else targets
     saliency = explainer.explain_all(model, images["x"], targets, cell.batch_size, progress=progress)
     atomic_torch_save(saliency, path)
@@ -93,7 +95,7 @@ def run_cell(cell: Cell, store: Path, device: str = "auto", progress: bool = Fal
              model: Optional[ZooModel] = None, record: Optional[Dict[str, Any]] = None,
              dataset: Optional[Dataset] = None) -> CellResult:
     """Compute ``cell`` unless its result file exists; return the result (errors raise)."""
-    done = verified_cell_result(cell, Path(store))  # None: missing, or corrupt and quarantined
+    done = cell_result(cell, Path(store))  # None: missing, or corrupt and quarantined
     if done is not None:
         return done
     results, errors = run_cells([cell], store, device=device, progress=progress, model=model,
@@ -118,7 +120,7 @@ def run_cells(cells: List[Cell], store: Path, device: str = "auto", progress: bo
     errors: Dict[str, str] = {}
     pending = []
     for cell in cells:
-        done = verified_cell_result(cell, Path(store))  # None: missing, or corrupt and quarantined
+        done = cell_result(cell, Path(store))  # None: missing, or corrupt and quarantined
         if done is not None:
             results[cell.key()] = done
         else:
@@ -142,7 +144,8 @@ def run_cells(cells: List[Cell], store: Path, device: str = "auto", progress: bo
             images = evaluation_images(dataset, first.num_images, first.eval_seed)
             explainer = make_explainer(first, model)
             targets = explain_targets(first, model, images)
-            saliency = compute_saliency(first, model, images, store, progress=progress, targets=targets)
+            saliency = compute_saliency(first, model, images, store, progress=progress, targets=targets,
+                                        explainer=explainer)
             explain_seconds = time.time() - began
         except Exception:
             for cell in group:
@@ -186,13 +189,13 @@ def run_cells(cells: List[Cell], store: Path, device: str = "auto", progress: bo
                 continue
             metric = metrics[cell.key()]
             merged = {name: torch.cat(values) for name, values in outputs[cell.key()].items()}
-            result = cell_result(cell, metric, merged, record, seconds[cell.key()] + explain_seconds)
+            result = build_cell_result(cell, metric, merged, record, seconds[cell.key()] + explain_seconds)
             atomic_write_json(cell.path(store), result.to_json())
             results[cell.key()] = result
     return results, errors
 
 
-def cell_result(cell: Cell, metric: Any, merged: Dict[str, torch.Tensor], record: Dict[str, Any],
+def build_cell_result(cell: Cell, metric: Any, merged: Dict[str, torch.Tensor], record: Dict[str, Any],
                 seconds: float) -> CellResult:
     scores = merged["score"]
     score = float(scores.nanmean()) if scores.numel() else float("nan")

@@ -31,6 +31,7 @@ import torch
 
 from interpbench.core import Cell
 from interpbench.explainers import EXPLAINERS
+from interpbench.metrics._quantus_common import pearson
 from interpbench.report.inputs import (
     FigureInputs,
     Morphing,
@@ -75,13 +76,6 @@ def morph_layers(depth: int, every: Optional[int] = None) -> List[int]:
     return layers
 
 
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
-    a, b = a - a.mean(), b - b.mean()
-    denominator = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
-    return float((a * b).sum() / denominator) if denominator > 0 else float("nan")
-
-
 def has_pool_head(model: Any) -> bool:
     return hasattr(model, "class_maps") and getattr(model, "head", None) == "pool"
 
@@ -118,9 +112,9 @@ def morphing_maps(model, x, target: int, layers: Sequence[int]) -> Dict[int, Tup
     and at the layer's resolution, for class ``target``."""
     out = {}
     for layer, (native, gradcam) in layer_gradcams(model, x, target, layers).items():
-        native_map = native.mean(0).double().cpu().numpy()
-        gradcam_map = gradcam.mean(0).double().cpu().numpy()
-        out[layer] = (native_map, gradcam_map, pearson(native_map, gradcam_map))
+        native_map, gradcam_map = native.mean(0).double().cpu(), gradcam.mean(0).double().cpu()
+        correlation = float(pearson(native_map.reshape(-1), gradcam_map.reshape(-1)))
+        out[layer] = (native_map.numpy(), gradcam_map.numpy(), correlation)
     return out
 
 

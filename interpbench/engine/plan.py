@@ -62,7 +62,6 @@ class Plan:
 
 def plan_sweep(cfg: DictConfig) -> Plan:
     """Check every key, value and name in ``cfg`` and expand it into training specs and cells."""
-
     validate(cfg)  # every key and value (interpbench.config); the names follow
     models = resolve_names(cfg.zoo, MODELS, "zoo")
     metrics = resolve_names(cfg.metric, METRICS, "metric")

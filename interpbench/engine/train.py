@@ -32,6 +32,8 @@ RECIPE_KEYS = {
 
 # "auto" takes the dataset's own choice (none for synthetic, crop_flip for CIFAR and folders).
 AUGMENTS = ("auto", "none", "crop_flip")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("constant", "cosine")
 
 
 def check_recipe(recipe: Dict[str, Any]) -> None:
@@ -41,10 +43,10 @@ def check_recipe(recipe: Dict[str, Any]) -> None:
             f"training recipe has missing keys {sorted(missing)} and unknown keys {sorted(unknown)}; "
             f"valid keys: {', '.join(sorted(RECIPE_KEYS))}"
         )
-    if recipe["optimizer"] not in ("sgd", "adamw"):
-        raise ValueError(f"unknown optimizer '{recipe['optimizer']}'; valid optimizers: sgd, adamw")
-    if recipe["schedule"] not in ("constant", "cosine"):
-        raise ValueError(f"unknown schedule '{recipe['schedule']}'; valid schedules: constant, cosine")
+    if recipe["optimizer"] not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer '{recipe['optimizer']}'; valid optimizers: {', '.join(OPTIMIZERS)}")
+    if recipe["schedule"] not in SCHEDULES:
+        raise ValueError(f"unknown schedule '{recipe['schedule']}'; valid schedules: {', '.join(SCHEDULES)}")
     if recipe["augment"] not in AUGMENTS:
         raise ValueError(f"unknown augment '{recipe['augment']}'; valid augments: {', '.join(AUGMENTS)}")
 

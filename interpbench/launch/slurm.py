@@ -38,7 +38,6 @@ def slurm_stages(plan: Plan, store: Path, cfg: DictConfig) -> List[Any]:
     not cancel the cells of the others; its own evaluation tasks stop at once with an error naming
     the failed training task.
     """
-
     options = plain(cfg.launcher)
     threads = options.get("threads_per_job") or options.get("cpus_per_task") or None
     levels: Dict[int, List[Any]] = {}
@@ -74,7 +73,6 @@ def run_slurm_sweep(plan: Plan, store: Path, sweep_dir: Path, cfg: DictConfig) -
     started again, or another sweep sharing cells) are not submitted twice: the sweep waits for
     them first, then submits only what is still missing.
     """
-
     options = plain(cfg.launcher)
     ours = {cell.key() for cell in plan.all_cells} | set(plan.specs)
     while True:  # until no earlier task runs on these cells (one may be submitting more meanwhile)

@@ -110,7 +110,6 @@ def submit_slurm(stages: Sequence[SlurmStage], folder: Path, options: Dict[str, 
     """Submit each stage as one job array; a stage depends (``afterany``) on the arrays of the
     stages it names. Each task is added to ``record`` as soon as its array is submitted; returns
     the records of the tasks submitted (job id, name, model, cells, log and result paths)."""
-
     arrays: Dict[str, str] = {}  # stage name -> array job id
     entries = read_json(record)["tasks"] if record.exists() else []
     first = len(entries)
@@ -251,7 +250,6 @@ def wait_slurm(entries: Sequence[Dict[str, Any]], poll_s: float = 5.0, progress:
 
 def read_slurm_records(store: Path) -> List[Dict[str, Any]]:
     """Every task recorded under ``<store>/sweeps/*/slurm.json``, oldest submission first."""
-
     entries: List[Dict[str, Any]] = []
     for record in sorted(Path(store).glob(f"sweeps/*/{SLURM_RECORD}")):
         try:

@@ -38,7 +38,6 @@ class ReportError(ValueError):
 
 def newest_cells(paths: Sequence[Path]) -> List[CellResult]:
     """Cell results, one per (data, model, explainer, metric label, seed): the newest file."""
-
     chosen: Dict[tuple, tuple] = {}
     for path in paths:
         result = read_cell_result(path)
@@ -51,7 +50,6 @@ def newest_cells(paths: Sequence[Path]) -> List[CellResult]:
 
 def report_sweep(folder: Path, results_dir: Optional[str], store: Optional[str], figures: bool,
                  rank_metrics: Optional[List[str]], redraw: bool = False) -> Dict[str, Path]:
-
     sweep = read_json(folder / "sweep.json")
     cell_store = folder.resolve().parent.parent
     names = list((sweep.get("cells") or {}).values())
@@ -73,7 +71,6 @@ def report_sweep(folder: Path, results_dir: Optional[str], store: Optional[str],
 
 def report_results_folder(folder: Path, store: Optional[str], figures: bool,
                           rank_metrics: Optional[List[str]], redraw: bool = False) -> Dict[str, Path]:
-
     records = read_json(folder / "cells.json")
     if not isinstance(records, list):
         raise ReportError(f"{folder / 'cells.json'}: not a list of cell results")
@@ -90,7 +87,6 @@ def report_results_folder(folder: Path, store: Optional[str], figures: bool,
 
 def report_store(folder: Path, results_dir: Optional[str], store: Optional[str], figures: bool,
                  rank_metrics: Optional[List[str]], redraw: bool = False) -> Dict[str, Path]:
-
     paths = sorted((folder / "cells").glob("*.json"))
     if not paths:
         raise ReportError(f"store {folder} has no cell results under {folder / 'cells'}")

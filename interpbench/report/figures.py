@@ -124,7 +124,6 @@ def curves_figure(results: Sequence[CellResult], labels: Sequence[str], layer: O
                   title: str = ""):
     """Mean curves of the metric ``labels``: panels (explainer x label), a line per model, each
     model's random baseline dashed in the model's colour. Returns the matplotlib figure."""
-
     plt = pyplot()
     chosen = [r for r in chosen_layer(results, layer) if r.label in labels and r.curve]
     if not chosen:
@@ -179,7 +178,6 @@ def accuracy_figure(results: Sequence[CellResult], labels: Optional[Sequence[str
                     tables: Optional[Tuple[Any, Any]] = None):
     """Test accuracy against each metric's mean (95 % interval as error bars), a panel per metric.
     ``tables``: the results' ``(tidy_table, pivot)`` when the caller has them already."""
-
     plt = pyplot()
     if tables is None:
         tidy = tidy_table(results)
@@ -275,7 +273,6 @@ def morphing_figure(morphing: Morphing):
     the stored inputs ``morphing`` (:func:`interpbench.engine.figure_inputs.morphing_inputs`). Two
     rows per class (FA-CNN, then Grad-CAM), a column per layer, ``r = <correlation>`` under each
     pair. Returns ``(figure, {class: {layer: correlation}})``."""
-
     plt = pyplot()
     classes, layers = list(morphing.classes), list(morphing.layers)
     figure, grid = plt.subplots(2 * len(classes), len(layers),
@@ -377,7 +374,6 @@ def saliency_grid_from_inputs(results: Sequence[CellResult], stored: StoredInput
                               skip_explainers: Sequence[str] = ("random",)):
     """The saliency grid of the results' models and explainers (first seed) from their stored
     figure inputs. Returns ``(figure, notes)``; raises when no column has its inputs."""
-
     cells = [r for r in chosen_layer(first_seed(results)) if r.cell and r.explainer not in skip_explainers]
     if not cells:
         raise ValueError("no cells with a map to show (random maps are left out)")
@@ -410,7 +406,6 @@ def saliency_grid_from_inputs(results: Sequence[CellResult], stored: StoredInput
 
 def fa_cnn_cells(results: Sequence[CellResult]) -> List[CellResult]:
     """First-seed cells in the morphing figure's order of preference (``fa_cnn`` first)."""
-
     cells = [r for r in first_seed(results) if r.cell]
     return sorted(cells, key=lambda r: (r.model != "fa_cnn", r.model, str(r.key)))
 
@@ -441,7 +436,6 @@ def write_figure(folder: Path, name: str, figure) -> Dict[str, Path]:
 
 def code_version() -> str:
     """A hash of the code that draws the figures (this file and the leaderboard's tables)."""
-
     here = Path(__file__).resolve().parent
     return stable_hash([(here / name).read_text() for name in ("figures.py", "tables.py", "stats.py")])
 
@@ -461,7 +455,6 @@ class FigureCache:
     files exist is reused, so a sweep's rerun does not redraw every figure."""
 
     def __init__(self, folder: Path, reuse: bool = True) -> None:
-
         self.folder = Path(folder)
         self.path = self.folder / "figures.json"
         self.old = read_json(self.path) if reuse and self.path.exists() else {}
@@ -470,7 +463,6 @@ class FigureCache:
 
     def get(self, name: str, inputs: Any, make) -> Drawn:
         """The figure ``name`` drawn by ``make() -> (Drawn, notes)``, or reused; returns (Drawn, notes)."""
-
         key = stable_hash([self.version, as_json(inputs)], 16)
         entry = self.old.get(name)
         if (entry and entry.get("key") == key and not entry.get("notes")

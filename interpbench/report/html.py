@@ -163,7 +163,6 @@ def figure_block(folder: Path, drawn: Any) -> str:
 def render_html(folder: Path, data_name: str, table: pd.DataFrame, summary: pd.DataFrame, tidy: pd.DataFrame,
                 info: Dict[str, Any], drawn: Sequence[Any], skipped: Sequence[str],
                 rank_metrics: Optional[Sequence[str]] = None) -> str:
-
     higher = directions(tidy)
     intervals = sorted(set(summary["interval"])) if len(summary) else []
     labels = [label for label in higher if label in table.columns]

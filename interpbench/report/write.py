@@ -20,7 +20,6 @@ def write_report(results: List[CellResult], folder: Path, notes: str = "", store
                  rank_metrics: Optional[Sequence[str]] = None, redraw: bool = False, log=print) -> Dict[str, Path]:
     """Every file of one dataset's report in ``folder``; returns file name -> path. ``redraw``:
     draw every figure again even where ``figures.json`` says its inputs are unchanged."""
-
     conflict = settings_conflict(results)
     if conflict:
         raise ValueError(conflict)
