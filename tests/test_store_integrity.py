@@ -171,3 +171,36 @@ def test_status_verify_quarantines_a_corrupt_cell_and_counts_it(reference, tmp_p
     assert "verify: 6 artifacts checked" in result.stdout and ", 1 quarantined" in result.stdout
     assert not victim.exists() and list((store / "quarantine" / "cells").glob(victim.name + ".*"))
     assert not (tmp_path / "home").exists()
+
+
+def test_files_from_before_the_checks_are_accepted_when_they_load(reference, tmp_path, capsys):
+    """A store written before hashes existed: no sidecars, no model_sha256, no array manifest. Sound
+    files pass; a truncated one is still caught, by loading it."""
+    store = copy_of_reference(reference, tmp_path)
+    for sidecar in store.rglob("*.sha256.json"):
+        sidecar.unlink()
+    (folder,) = (store / "models").glob("fa_cnn-*")
+    record = json.loads((folder / "record.json").read_text())
+    del record["model_sha256"]
+    (folder / "record.json").write_text(json.dumps(record))
+    (data,) = (store / "data").glob("*")
+    meta = json.loads((data / "meta.json").read_text())
+    del meta["arrays"]
+    (data / "meta.json").write_text(json.dumps(meta))
+    from interpbench.integrity import verify_store
+
+    checked, quarantined = verify_store(store)
+    assert checked == 6 and quarantined == []
+    truncate(folder / "model.pt")
+    assert trained_record(folder, store) is None
+    assert f"quarantined {folder / 'model.pt'}: model.pt: does not load" in capsys.readouterr().err
+
+
+def test_without_a_root_the_download_goes_into_the_store_in_use(tmp_path):
+    """``store=`` holds torchvision's downloads too (offline here: the error names where it looked)."""
+    from interpbench.data import load_dataset
+    from interpbench.data.base import DatasetNotFoundError
+
+    with using_store(tmp_path / "store"), pytest.raises(DatasetNotFoundError) as caught:
+        load_dataset({"name": "cifar10", "download": False})
+    assert str(tmp_path / "store" / "datasets" / "cifar10") in str(caught.value)
