@@ -51,8 +51,9 @@ def group_options() -> Dict[str, List[str]]:
     return options
 
 
-def check_group_overrides(arguments: Sequence[str]) -> None:
-    """Reject ``data=``, ``profile=`` or ``launcher=`` with an unknown option in one line (exit 2).
+def group_override_problem(arguments: Sequence[str]) -> Optional[str]:
+    """The one-line problem with a ``data=``, ``profile=`` or ``launcher=`` override that names an
+    unknown option, or ``None``.
 
     A multirun's comma-separated choices (``-m data=cifar10,cifar100``) are checked one by one.
     """
@@ -64,9 +65,16 @@ def check_group_overrides(arguments: Sequence[str]) -> None:
             continue
         for choice in value.split(",") if "," in value else [value]:
             if choice not in options[group]:
-                print(f"error: {group}={choice}: unknown {group}; valid choices: {', '.join(options[group])}",
-                      file=sys.stderr)
-                sys.exit(2)
+                return f"{group}={choice}: unknown {group}; valid choices: {', '.join(options[group])}"
+    return None
+
+
+def check_group_overrides(arguments: Sequence[str]) -> None:
+    """Reject ``data=``, ``profile=`` or ``launcher=`` with an unknown option in one line (exit 2)."""
+    problem = group_override_problem(arguments)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
 
 
 def override_key_problem(arguments: Sequence[str]) -> Optional[str]:

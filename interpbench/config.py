@@ -11,7 +11,8 @@ What is checked:
 - ``profile``: its name, its ``size`` (one the zoo builds), ``eval`` (``num_images``, ``batch_size``,
   ``seed``, ``target``) and every recipe under ``recipes`` (the keys of ``RECIPE_KEYS``);
 - the top-level keys: ``zoo``, ``explainer``, ``metric``, ``seeds``, ``model_args``, ``device``
-  (also whether torch sees the device it names), ``store``, ``results_dir``, ``progress``;
+  (also whether torch sees the device it names), ``store``, ``results_dir``, ``progress``, ``plugins``
+  (a list of paths; the files themselves are loaded by :mod:`interpbench.plugins`);
 - ``launcher``: the options of each launcher (:data:`LAUNCHER_SCHEMAS`);
 - ``data``: the dataset's arguments, typed by the dataset registry's defaults (counts ``>= 1``);
 - ``explainers.<name>`` and ``metrics.<name>``: each method's arguments, typed by the registry's
@@ -286,6 +287,7 @@ TOP_LEVEL: Schema = {
     "store": rule("str", null=True),
     "results_dir": rule("str"),
     "progress": rule("bool"),
+    "plugins": rule("list", items=frozenset({"str"}), text="a list of paths to .py files"),
     "data": rule("mapping"),
     "profile": rule("mapping"),
     "launcher": rule("mapping"),

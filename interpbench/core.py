@@ -184,14 +184,20 @@ _CELL_RESULT_FIELDS: Dict[str, Tuple[type, ...]] = {
 }
 
 
+# Arguments that set how the work is batched, not the maps (RISE and Score-CAM: the same masks and
+# channels in other forward batches): they stay out of a label.
+COST_ONLY_ARGS = ("batch_size",)
+
+
 def explainer_label_of(name: str, args: Dict[str, Any]) -> str:
-    """The explainer's name, plus every argument that differs from its registered default (fixed when
-    the cell is computed, so a report never needs the registry)."""
+    """The explainer's name, plus every argument that differs from its registered default and changes
+    the maps (fixed when the cell is computed, so a report never needs the registry)."""
     try:
         defaults = plain(EXPLAINERS.defaults(name))
     except UnknownNameError:  # an explainer this checkout does not have: show no arguments
         return name
-    changed = {k: v for k, v in plain(args or {}).items() if k in defaults and defaults[k] != v}
+    changed = {k: v for k, v in plain(args or {}).items()
+               if k in defaults and defaults[k] != v and k not in COST_ONLY_ARGS}
     if not changed:
         return name
     return f"{name}({', '.join(f'{k}={v}' for k, v in sorted(changed.items()))})"

@@ -62,7 +62,9 @@ def train_only(cfg: Any) -> int:
     for spec in plan.specs.values():
         record = train_model(spec, store, device=cfg.device, progress=bool(cfg.progress))
         print(f"{spec.model} (seed {spec.seed}): test accuracy {record['test_accuracy']:.4f}, "
-              f"{record['train_seconds']} s training, {spec.folder(store)}")
+              f"{record['train_seconds']} s training"
+              + (f" + {record['fit_seconds']} s fitting on its parent" if record.get("fit_seconds") else "")
+              + f", {spec.folder(store)}")
     return 0
 
 

@@ -13,6 +13,8 @@ need, so a suite of metrics on the same images pays for it once:
   for many ``k`` at once, each ``k`` cached on its own so overlapping step sets share passes.
 
 ``forward_images`` counts the images the model has actually run on (the cost a benchmark reports).
+The model must be a zoo model: a plain ``nn.Module`` stops ``Metric.__call__`` and ``Batch`` with one
+line that points to ``interpbench.wrap``.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from typing import Any, Callable, ClassVar, Dict, Hashable, List, Optional, Sequ
 
 import torch
 
-from interpbench.zoo.base import ZooModel
+from interpbench.zoo.base import ZooModel, require_zoo_model
 
 # Images per forward pass. On a CPU, small batches keep the activations in cache: measured on the
 # CPU-size zoo at 32 px (2 cores), 64 images per pass run 1.6x to 2.4x faster than 1024
@@ -61,6 +63,7 @@ class Batch:
     cache: Dict[Hashable, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        require_zoo_model(self.model, "a metric's Batch")
         if self.chunk is None:
             self.chunk = CPU_CHUNK if self.x.device.type == "cpu" else DEVICE_CHUNK
         if self.target is None:
@@ -176,4 +179,5 @@ class Metric:
     def __call__(self, model: ZooModel, x: torch.Tensor, y: torch.Tensor, saliency: torch.Tensor,
                  target: Optional[torch.Tensor] = None, masks: Optional[torch.Tensor] = None,
                  explainer: Any = None) -> Dict[str, torch.Tensor]:
+        require_zoo_model(model, f"metric '{self.name or type(self).__name__}'")
         return self.compute(Batch(model, x, y, saliency, target=target, masks=masks, explainer=explainer))

@@ -26,7 +26,7 @@ from interpbench.sweep import run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU = torch.cuda.is_available()
-TOP_KEYS = ("data, device, explainer, explainers, launcher, metric, metrics, model_args, profile, progress, "
+TOP_KEYS = ("data, device, explainer, explainers, launcher, metric, metrics, model_args, plugins, profile, progress, "
             "results_dir, seeds, store, zoo")
 
 

@@ -32,6 +32,7 @@ def record(**changes):
 
 def test_the_explainer_label_names_the_arguments_that_differ_from_the_defaults():
     assert explainer_label_of("rise", {"num_masks": 50}) == "rise(num_masks=50)"
+    assert explainer_label_of("rise", {"num_masks": 50, "batch_size": 64}) == "rise(num_masks=50)"  # cost only
     assert explainer_label_of("gradcam", {}) == "gradcam"
     assert explainer_label_of("not_registered", {"a": 1}) == "not_registered"
 

@@ -9,6 +9,10 @@ them itself, so explainers and metrics work in pixel space. It has:
 - ``config``: input size, mean, std, number of classes;
 - ``cam_layer``: the module whose output CAM methods explain (declared, never guessed);
 - when it explains itself, ``explain(x, target=None, layer=None) -> [B, H, W]``.
+
+Any plain classifier (normalised images in, logits out) becomes one with ``interpbench.wrap``
+(:mod:`interpbench.zoo.wrapped`); explainers and metrics given anything else stop with one line
+that says so (:func:`require_zoo_model`).
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 Target = Union[None, int, torch.Tensor]
+WRAP_HINT = "make one with interpbench.wrap(module, mean=..., std=..., cam_layer=...)"
 
 
 def resolve_target(target: Target, logits: torch.Tensor) -> torch.Tensor:
@@ -115,3 +120,18 @@ class ZooModel(nn.Module):
     def explain(self, x: torch.Tensor, target: Target = None, layer: Optional[int] = None) -> torch.Tensor:
         """The model's own explanation ``[B, H, W]`` of ``target`` (default: predicted class)."""
         raise NotImplementedError(f"{type(self).__name__} has no intrinsic explanation")
+
+
+class NotAZooModelError(TypeError):
+    """A plain ``nn.Module`` (or anything else) given where a zoo model is needed; the message is one line."""
+
+
+def require_zoo_model(model: Any, user: str) -> None:
+    """Raise :class:`NotAZooModelError` unless ``model`` is a :class:`ZooModel`; ``user`` names what
+    needs it (``explainer 'gradcam'``). Explainers and metrics call it where they receive the model."""
+    if isinstance(model, ZooModel):
+        return
+    kind = "a plain torch.nn.Module" if isinstance(model, nn.Module) else "not a torch.nn.Module"
+    raise NotAZooModelError(
+        f"{user} needs a zoo model (images in [0, 1], its own mean and std, probabilities, cam_layer); got "
+        f"{type(model).__name__}, {kind}: {WRAP_HINT}")

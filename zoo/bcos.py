@@ -433,20 +433,24 @@ class BcosCNN(BcosModel):
 # --- the B-cos ResNet ---------------------------------------------------------------------------
 
 class BcosTimmNet(BcosModel):
-    """Shared by the B-cos and the B-cosified ResNet: a timm ResNet in ``self.net`` whose ``fc``
-    is a 1x1 B-cos convolution applied at every position before the average pool."""
+    """Shared by the B-cos and the B-cosified ResNet: a ResNet in ``self.net`` (timm's, or the zoo's
+    CIFAR ResNet) whose classifier (``classifier_name``: ``fc``, or ``linear`` on a CIFAR ResNet) is
+    a 1x1 B-cos convolution applied at every position before the average pool; ``cam_layer`` is its
+    last stage (``cam_layer_name``)."""
 
     net: nn.Module
+    classifier_name = "fc"
+    cam_layer_name = "layer4"
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.forward_features(x)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.net.fc(features).mean(dim=(2, 3)) + self.logit_bias
+        return getattr(self.net, self.classifier_name)(features).mean(dim=(2, 3)) + self.logit_bias
 
     @property
     def cam_layer(self) -> nn.Module:
-        return self.net.layer4
+        return getattr(self.net, self.cam_layer_name)
 
 
 class BcosResNet(BcosTimmNet):

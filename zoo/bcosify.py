@@ -49,7 +49,8 @@ from interpbench.zoo.bcos import (
     first_conv_name,
     replace_modules,
 )
-from interpbench.zoo.resnet import WIDTHS, TimmResNet
+from interpbench.zoo.cifar_resnet import CifarResNet
+from interpbench.zoo.resnet import WIDTHS, TimmResNet, make_backbone
 
 
 class BcosifiedResNet(BcosTimmNet):
@@ -60,8 +61,10 @@ class BcosifiedResNet(BcosTimmNet):
                  mean: Sequence[float] = (0.5,) * 3, std: Sequence[float] = (0.25,) * 3,
                  size: str = "cpu", b: float = 2.0, biases: bool = False, loss: str = "ce") -> None:
         super().__init__(num_classes, input_size, mean, std, b, 1, loss)
-        plain = TimmResNet(arch, num_classes, input_size, mean, std, size)
-        self.net = plain.net
+        plain = make_backbone(arch, num_classes, input_size, mean, std, size)
+        self.net = body(plain)
+        if isinstance(plain, CifarResNet):  # its stages and classifier are the module's own
+            self.classifier_name, self.cam_layer_name = "linear", "layer3"
         stem = first_conv_name(self.net)
         b = self.b
 
@@ -96,9 +99,15 @@ class BcosifiedResNet(BcosTimmNet):
         convert_resnet_weights(parent, self)
 
 
+def body(resnet: ZooModel) -> nn.Module:
+    """The network B-cosification converts: a timm ResNet's ``net``, or a CIFAR ResNet itself."""
+    return resnet if isinstance(resnet, CifarResNet) else resnet.net
+
+
 def _check_parent(parent: ZooModel, target: Optional[BcosifiedResNet] = None) -> None:
-    if not isinstance(parent, TimmResNet):
-        raise ValueError(f"B-cosification converts a zoo ResNet (TimmResNet), got {type(parent).__name__}")
+    if not isinstance(parent, (TimmResNet, CifarResNet)):
+        raise ValueError(f"B-cosification converts a zoo ResNet (TimmResNet or CifarResNet), "
+                         f"got {type(parent).__name__}")
     if target is None:
         return
     keys = ("arch", "widths", "num_classes", "input_size")
@@ -112,8 +121,11 @@ def _as_tuple(value):
     return value if isinstance(value, (tuple, list)) else (value,)
 
 
-def size_of(parent: TimmResNet) -> str:
-    """The zoo size (``cpu`` or ``paper``) of a zoo ResNet, from its widths."""
+def size_of(parent: ZooModel) -> str:
+    """The zoo size (``cpu`` or ``paper``) of a zoo ResNet, from its widths (a CIFAR ResNet is the
+    same at every size)."""
+    if isinstance(parent, CifarResNet):
+        return "cpu"
     for name, widths in WIDTHS.items():
         if tuple(widths) == tuple(parent.config["widths"]):
             return name
@@ -128,10 +140,10 @@ def convert_resnet_weights(parent: TimmResNet, target: BcosifiedResNet) -> None:
     with biases the logits equal the parent's."""
     _check_parent(parent, target)
     destination = dict(target.net.named_modules())
-    stem = first_conv_name(parent.net)
+    stem = first_conv_name(body(parent))
     mean = parent.mean.detach().reshape(1, -1, 1, 1).to(torch.float32)
     std = parent.std.detach().reshape(1, -1, 1, 1).to(torch.float32)
-    for name, module in parent.net.named_modules():
+    for name, module in body(parent).named_modules():
         new = destination.get(name)
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             weight = module.weight.detach().to(torch.float32)
@@ -173,11 +185,20 @@ def bcosify(parent: TimmResNet, b: float = 1.0, keep_biases: bool = True,
     return model.eval()
 
 
-@MODELS.register("bcosified_resnet18", family="bcos", recipe="bcosify", parent="resnet18")
-def bcosified_resnet18(num_classes: int = 10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.25,) * 3,
-                       size: str = "cpu", b: float = 2.0, loss: Optional[str] = None) -> BcosifiedResNet:
-    """ResNet-18 B-cosified (B = 2, no biases); ``init_from_parent`` converts a trained ``resnet18``."""
-    return BcosifiedResNet("resnet18", num_classes, input_size, mean, std, size, b, False,
-                           check_loss(loss, size))
+def _register(parent: str, in_all: bool) -> None:
+    name = f"bcosified_{parent}"
+
+    normalisation = MODELS.defaults(parent)  # the parent's default mean and std
+
+    @MODELS.register(name, family="bcos", recipe="bcosify", parent=parent, in_all=in_all)
+    def builder(num_classes: int = 10, input_size=(3, 32, 32), mean=normalisation["mean"], std=normalisation["std"],
+                size: str = "cpu", b: float = 2.0, loss: Optional[str] = None) -> BcosifiedResNet:
+        return BcosifiedResNet(parent, num_classes, input_size, mean, std, size, b, False, check_loss(loss, size))
+
+    builder.__name__ = name
+    builder.__doc__ = (f"``{parent}`` B-cosified (B = 2, no biases); ``init_from_parent`` converts a "
+                       f"trained ``{parent}``.")
 
 
+for _parent, _in_all in (("resnet18", True), ("cifar_resnet20", False), ("cifar_resnet56", False)):
+    _register(_parent, _in_all)

@@ -72,7 +72,7 @@ class CAStreamResNet(FrozenResNetModel):
         return self.stream(x)[0]
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.backbone.net.fc(features)
+        return self.backbone.classifier(features)
 
     def attention_maps(self, x: torch.Tensor) -> List[torch.Tensor]:
         """The attention of every stage ``[B, h_l, w_l]`` for images ``x`` in ``[0, 1]``."""
@@ -89,8 +89,19 @@ class CAStreamResNet(FrozenResNetModel):
         return upsample(maps[index], x.shape[-2:])
 
 
-@MODELS.register("ca_stream_resnet18", family="ca_stream", recipe="ca_stream", parent="resnet18")
-def ca_stream_resnet18(num_classes: int = 10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.25,) * 3,
-                       size: str = "cpu") -> CAStreamResNet:
-    """CA-Stream beside a frozen, trained ``resnet18`` (its checkpoint is the starting point)."""
-    return CAStreamResNet("resnet18", num_classes, input_size, mean, std, size)
+def _register(parent: str, in_all: bool) -> None:
+    name = f"ca_stream_{parent}"
+
+    normalisation = MODELS.defaults(parent)  # the parent's default mean and std
+
+    @MODELS.register(name, family="ca_stream", recipe="ca_stream", parent=parent, in_all=in_all)
+    def builder(num_classes: int = 10, input_size=(3, 32, 32), mean=normalisation["mean"], std=normalisation["std"],
+                size: str = "cpu") -> CAStreamResNet:
+        return CAStreamResNet(parent, num_classes, input_size, mean, std, size)
+
+    builder.__name__ = name
+    builder.__doc__ = f"CA-Stream beside a frozen, trained ``{parent}`` (its checkpoint is the starting point)."
+
+
+for _parent, _in_all in (("resnet18", True), ("cifar_resnet20", False), ("cifar_resnet56", False)):
+    _register(_parent, _in_all)

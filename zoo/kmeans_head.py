@@ -12,6 +12,10 @@ Two feature choices:
   and concatenated along the channels. Each block is divided by its mean pooled feature norm on
   the training set (fitted with the prototypes), so no block dominates the distances by scale.
 
+On a CIFAR ResNet (three stages) the same two choices are ``b3`` (the last stage) and ``b123``
+(all three stages: its last three, as ``b234`` is on the four-stage ResNets). The paper works with
+ImageNet-size ResNets; ``b3``/``b123`` are this harness's names for the same choices on CIFAR ResNets.
+
 The prediction uses the spatial mean ``f_bar`` of the local features ``f(p)``. With ``mu`` the
 nearest prototype of class ``c``,
 
@@ -37,7 +41,9 @@ from interpbench.zoo import MODELS
 from interpbench.zoo.base import Target, ZooModel, resolve_target, upsample
 from interpbench.zoo.resnet import FrozenResNetModel
 
-FEATURES = {"b4": (3,), "b234": (1, 2, 3)}  # indices into the four stage outputs
+# feature choice -> indices into the stage outputs, by the backbone's number of stages
+FEATURES = {4: {"b4": (3,), "b234": (1, 2, 3)},  # timm ResNets: layer1..layer4
+            3: {"b3": (2,), "b123": (0, 1, 2)}}  # CIFAR ResNets: layer1..layer3
 
 
 def kmeans(points: torch.Tensor, k: int, iterations: int = 50, seed: int = 0) -> torch.Tensor:
@@ -80,12 +86,13 @@ class KMeansHeadResNet(FrozenResNetModel):
     def __init__(self, arch: str, num_classes: int, input_size: Sequence[int] = (3, 32, 32),
                  mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.25, 0.25, 0.25),
                  size: str = "cpu", features: str = "b4", k: int = 5, iterations: int = 50) -> None:
-        if features not in FEATURES:
-            raise ValueError(f"unknown features '{features}'; valid features: {', '.join(FEATURES)}")
         if k < 1:
             raise ValueError(f"k (prototypes per class) must be at least 1, got {k}")
         super().__init__(arch, num_classes, input_size, mean, std, size)
-        self.stages = FEATURES[features]
+        choices = FEATURES[len(self.backbone.stage_widths)]
+        if features not in choices:
+            raise ValueError(f"unknown features '{features}' for {arch}; valid features: {', '.join(choices)}")
+        self.stages = choices[features]
         widths = [self.backbone.stage_widths[i] for i in self.stages]
         self.k, self.iterations = int(k), int(iterations)
         self.prototypes = nn.Parameter(torch.randn(num_classes, self.k, sum(widths)))
@@ -166,18 +173,21 @@ class KMeansHeadResNet(FrozenResNetModel):
         return upsample(self.similarity_maps(x, target)[0], x.shape[-2:])
 
 
-def _register(features: str) -> None:
-    name = f"kmeans_resnet18_{features}"
+def _register(parent: str, features: str, in_all: bool) -> None:
+    name = f"kmeans_{parent}_{features}"
 
-    @MODELS.register(name, family="kmeans_head", recipe="kmeans_fit", parent="resnet18")
-    def builder(num_classes: int = 10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.25,) * 3,
+    normalisation = MODELS.defaults(parent)  # the parent's default mean and std
+
+    @MODELS.register(name, family="kmeans_head", recipe="kmeans_fit", parent=parent, in_all=in_all)
+    def builder(num_classes: int = 10, input_size=(3, 32, 32), mean=normalisation["mean"], std=normalisation["std"],
                 size: str = "cpu", k: int = 5, iterations: int = 50) -> KMeansHeadResNet:
-        return KMeansHeadResNet("resnet18", num_classes, input_size, mean, std, size,
+        return KMeansHeadResNet(parent, num_classes, input_size, mean, std, size,
                                 features=features, k=k, iterations=iterations)
 
     builder.__name__ = name
-    builder.__doc__ = f"k-means head on ``{features}`` features of a frozen, trained ``resnet18``."
+    builder.__doc__ = f"k-means head on ``{features}`` features of a frozen, trained ``{parent}``."
 
 
-for _features in FEATURES:
-    _register(_features)
+for _parent, _stages, _in_all in (("resnet18", 4, True), ("cifar_resnet20", 3, False), ("cifar_resnet56", 3, False)):
+    for _features in FEATURES[_stages]:
+        _register(_parent, _features, _in_all)

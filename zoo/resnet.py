@@ -1,5 +1,12 @@
 """ResNet-18 and ResNet-50 baselines, built with timm and explained post hoc.
 
+``pretrained=true`` (with ``size=paper``, the only size with published weights) starts from timm's
+ImageNet weights through timm's own mechanism (the Hugging Face hub, cached by timm); on a
+small input the CIFAR stem replaces timm's and is trained from scratch, and the classifier is new
+whenever the number of classes differs from 1000. ``pretrained_file=PATH`` gives timm a local
+file instead of the hub (timm's ``pretrained_cfg_overlay``). Offline without the file, building
+the model fails with one line naming what is missing and the ``weights=`` way.
+
 For inputs of at most 64 pixels the stem is the CIFAR one (a 3x3 convolution with stride 1 and
 no max-pool); larger inputs keep timm's ImageNet stem. The CPU profile keeps the architecture
 (BasicBlock [2, 2, 2, 2] for ResNet-18, Bottleneck [3, 4, 6, 3] for ResNet-50) with a quarter of
@@ -7,13 +14,16 @@ the widths (16, 32, 64, 128); the paper profile has the usual (64, 128, 256, 512
 """
 from __future__ import annotations
 
-from typing import Any, List, Sequence
+from pathlib import Path
+from typing import Any, List, Optional, Sequence
 
 import torch
 from torch import nn
 
 from interpbench.zoo import MODELS
 from interpbench.zoo.base import ZooModel
+from interpbench.zoo.cifar_resnet import SIZES as CIFAR_SIZES
+from interpbench.zoo.cifar_resnet import CifarResNet
 
 WIDTHS = {"cpu": (16, 32, 64, 128), "paper": (64, 128, 256, 512)}
 CIFAR_STEM_MAX_SIZE = 64
@@ -33,6 +43,8 @@ class TimmResNet(ZooModel):
         mean: Sequence[float] = (0.5, 0.5, 0.5),
         std: Sequence[float] = (0.25, 0.25, 0.25),
         size: str = "cpu",
+        pretrained: bool = False,
+        pretrained_file: Optional[str] = None,
         **layers: Any,
     ) -> None:
         """``layers``: timm ResNet arguments injected as they are (``norm_layer``, ``act_layer``,
@@ -47,21 +59,36 @@ class TimmResNet(ZooModel):
 
         widths = WIDTHS[size]
         small_input = max(input_size[1:]) <= CIFAR_STEM_MAX_SIZE
+        pretrained = bool(pretrained or pretrained_file)
+        if pretrained and size != "paper":
+            raise ValueError(f"pretrained {arch} weights exist for size=paper only (the usual widths), got size={size}")
         stem = {}
-        if small_input or widths[0] != 64:
+        if not pretrained and (small_input or widths[0] != 64):
             # timm's plain stem is always 64 wide; its deep stem ends at 2 * stem_width, which
             # lets the stem match the first stage's width. A small input then swaps that stem
             # for the CIFAR one.
             stem = {"stem_type": "deep", "stem_width": widths[0] // 2}
-        self.net = timm.create_model(
-            arch, pretrained=False, num_classes=num_classes, in_chans=input_size[0],
-            channels=widths, **stem, **layers,
-        )
+        overlay = {"file": str(Path(pretrained_file).expanduser())} if pretrained_file else None
+        try:
+            self.net = timm.create_model(
+                arch, pretrained=pretrained, pretrained_cfg_overlay=overlay, num_classes=num_classes,
+                in_chans=input_size[0], channels=widths, **stem, **layers,
+            )
+        except Exception as error:
+            if not pretrained:
+                raise
+            where = f"the file {pretrained_file}" if pretrained_file else "timm's download (offline?)"
+            text = " ".join(str(error).split())[:160]
+            raise ValueError(
+                f"pretrained {arch} weights could not be loaded from {where}: {type(error).__name__}: {text}; "
+                f"download them where there is a network (timm caches them), or pass a local file with "
+                f"pretrained_file=PATH (timm's layout) or weights=PATH (a state dict of this zoo model)"
+            ) from None
         if small_input:
             self.net.conv1 = nn.Conv2d(input_size[0], widths[0], 3, stride=1, padding=1, bias=False)
             nn.init.kaiming_normal_(self.net.conv1.weight, mode="fan_out", nonlinearity="relu")
             self.net.maxpool = nn.Identity()
-        self.config.update(arch=arch, widths=widths)
+        self.config.update(arch=arch, widths=widths, pretrained=pretrained)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.forward_features(x)
@@ -87,35 +114,52 @@ class TimmResNet(ZooModel):
         return self.net.forward_head(features)
 
     @property
+    def classifier(self) -> nn.Linear:
+        return self.net.fc
+
+    @property
     def cam_layer(self) -> nn.Module:
         return self.net.layer4
 
 
 @MODELS.register("resnet18", family="resnet", recipe="resnet_standard")
 def resnet18(num_classes: int = 10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.25,) * 3,
-             size: str = "cpu") -> TimmResNet:
-    """ResNet-18 (BasicBlock [2, 2, 2, 2])."""
-    return TimmResNet("resnet18", num_classes, input_size, mean, std, size)
+             size: str = "cpu", pretrained: bool = False, pretrained_file: Optional[str] = None) -> TimmResNet:
+    """ResNet-18 (BasicBlock [2, 2, 2, 2]); ``pretrained``: timm's ImageNet weights (size=paper)."""
+    return TimmResNet("resnet18", num_classes, input_size, mean, std, size, pretrained, pretrained_file)
 
 
 @MODELS.register("resnet50", family="resnet", recipe="resnet_standard")
 def resnet50(num_classes: int = 10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.25,) * 3,
-             size: str = "cpu") -> TimmResNet:
-    """ResNet-50 (Bottleneck [3, 4, 6, 3])."""
-    return TimmResNet("resnet50", num_classes, input_size, mean, std, size)
+             size: str = "cpu", pretrained: bool = False, pretrained_file: Optional[str] = None) -> TimmResNet:
+    """ResNet-50 (Bottleneck [3, 4, 6, 3]); ``pretrained``: timm's ImageNet weights (size=paper)."""
+    return TimmResNet("resnet50", num_classes, input_size, mean, std, size, pretrained, pretrained_file)
+
+
+def make_backbone(arch: str, num_classes: int, input_size: Sequence[int], mean: Sequence[float],
+                  std: Sequence[float], size: str) -> "TimmResNet | CifarResNet":
+    """The ResNet a derived model is built on: ``cifar_resnet<depth>`` (CIFAR ResNet, three stages) or a
+    timm ResNet (``resnet18``, ``resnet50``; four stages)."""
+    if arch.startswith("cifar_resnet"):
+        if size not in CIFAR_SIZES:
+            raise ValueError(f"unknown size '{size}'; valid sizes: {', '.join(CIFAR_SIZES)}")
+        return CifarResNet(int(arch[len("cifar_resnet"):]), num_classes, input_size, mean, std)
+    return TimmResNet(arch, num_classes, input_size, mean, std, size)
 
 
 class FrozenResNetModel(ZooModel):
     """Base of the models built on a trained zoo ResNet kept frozen (CA-Stream, k-means head):
-    ``self.backbone`` is a :class:`TimmResNet` whose parameters never require gradients and
-    whose batch norms stay in eval mode; ``init_from_parent`` copies the trained ResNet into it."""
+    ``self.backbone`` is a :class:`TimmResNet` or a :class:`CifarResNet` whose parameters never
+    require gradients and whose batch norms stay in eval mode; ``init_from_parent`` copies the
+    trained ResNet into it. Both backbones give ``stage_outputs``, ``stage_widths``,
+    ``classifier`` and ``cam_layer``."""
 
     channels_last = True
 
     def __init__(self, arch: str, num_classes: int, input_size: Sequence[int], mean: Sequence[float],
                  std: Sequence[float], size: str) -> None:
         super().__init__(num_classes, input_size, mean, std)
-        self.backbone = TimmResNet(arch, num_classes, input_size, mean, std, size)
+        self.backbone = make_backbone(arch, num_classes, input_size, mean, std, size)
         for parameter in self.backbone.parameters():
             parameter.requires_grad_(False)
         self.config.update(arch=arch)
@@ -127,11 +171,12 @@ class FrozenResNetModel(ZooModel):
 
     def init_from_parent(self, parent: ZooModel, train: Any = None) -> None:
         """Copy the trained ResNet's weights (backbone and classifier) into the frozen backbone."""
-        if not isinstance(parent, TimmResNet) or parent.config["arch"] != self.config["arch"]:
+        if type(parent) is not type(self.backbone) or parent.config["arch"] != self.config["arch"]:
             raise TypeError(f"{type(self).__name__} over {self.config['arch']} needs a trained "
-                            f"{self.config['arch']} as its parent, got {type(parent).__name__}")
+                            f"{self.config['arch']} as its parent, got {type(parent).__name__} "
+                            f"({parent.config.get('arch', 'no arch')})")
         self.backbone.load_state_dict(parent.state_dict())
 
     @property
     def cam_layer(self) -> nn.Module:
-        return self.backbone.net.layer4
+        return self.backbone.cam_layer

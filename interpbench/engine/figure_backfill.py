@@ -3,7 +3,7 @@ morphing figure's inputs (:mod:`interpbench.engine.figure_inputs`) of every expl
 store or a sweep that has none, from the checkpoints and the data in the store. Never trains,
 computes no cell::
 
-    python -m interpbench.engine.figure_backfill <store | sweep folder> [--device cpu]
+    python -m interpbench.engine.figure_backfill <store | sweep folder> [--device cpu] [--plugin FILE ...]
 
 then rebuild the report (``python runners/report.py <sweep folder | store>``) to draw them.
 """
@@ -19,6 +19,7 @@ from interpbench.data import load_dataset
 from interpbench.engine.evaluate import evaluation_images
 from interpbench.engine.figure_inputs import store_figure_inputs
 from interpbench.engine.train import load_trained
+from interpbench.plugins import PluginError, load_plugins
 from interpbench.report.inputs import inputs_path
 from interpbench.storage import plain, read_json, using_store
 
@@ -65,7 +66,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     "were stored, from the checkpoints and data in the store; computes no cell.")
     parser.add_argument("path", help="a store (with cells/) or a sweep folder (<store>/sweeps/<id>)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--plugin", action="append", default=[], metavar="FILE",
+                        help="a plugin .py file that registers models of the cells (the sweep's plugins=[...]); "
+                             "repeat for several; the entry points of the group interpbench.plugins load anyway")
     args = parser.parse_args(argv)
+    try:
+        load_plugins(args.plugin)
+    except PluginError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     folder = Path(args.path).expanduser()
     if (folder / "sweep.json").exists():
         store = folder.resolve().parent.parent

@@ -13,6 +13,10 @@ evaluation are separate tasks (:class:`TrainJob`, then :class:`ModelJob` with ``
 Both are checkpointable: on SLURM's preemption or time-limit signal submitit requeues the same
 job, which resumes from its files (training from the last finished epoch, evaluation at the next
 missing cell).
+
+Each job first loads the sweep's plugins (``plugins``: the files' absolute paths; and the entry
+points of the group ``interpbench.plugins``), so that models registered outside the package are
+known in the process the launcher runs it in (:mod:`interpbench.plugins`).
 """
 from __future__ import annotations
 
@@ -21,13 +25,14 @@ import functools
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from interpbench.core import Cell, TrainSpec
 from interpbench.data import load_dataset
 from interpbench.engine.evaluate import run_cells
 from interpbench.engine.train import load_trained, train_model
 from interpbench.integrity import cell_done, model_trained
+from interpbench.plugins import load_plugins
 from interpbench.storage import using_store
 
 
@@ -66,11 +71,13 @@ class ModelJob:
     threads: Optional[int] = None
     progress: bool = True
     train: bool = True  # False: the model must be trained already (an evaluation task on SLURM)
+    plugins: Tuple[str, ...] = ()  # plugin files (absolute paths) that register models (interpbench.plugins)
 
     @in_its_store
     def __call__(self) -> Dict[str, Any]:
         import torch
 
+        load_plugins(self.plugins)  # in the launcher's process, before the model is built
 
         if self.threads:
             torch.set_num_threads(self.threads)
@@ -107,11 +114,13 @@ class TrainJob:
     device: str = "auto"
     threads: Optional[int] = None
     progress: bool = False
+    plugins: Tuple[str, ...] = ()  # plugin files (absolute paths) that register models (interpbench.plugins)
 
     @in_its_store
     def __call__(self) -> Dict[str, Any]:
         import torch
 
+        load_plugins(self.plugins)  # in the launcher's process, before the model is built
         if self.threads:
             torch.set_num_threads(self.threads)
         record = train_model(self.spec, self.store, device=self.device, progress=self.progress)

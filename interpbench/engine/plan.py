@@ -17,6 +17,7 @@ from interpbench.engine.train import default_recipe_name, multiply_accumulates
 from interpbench.engine.weights import WeightsError, load_weights, weights_ref
 from interpbench.explainers import EXPLAINERS
 from interpbench.metrics import METRICS
+from interpbench.plugins import load_plugins
 from interpbench.registry import Registry, UnknownNameError
 from interpbench.storage import plain
 from interpbench.zoo import MODELS, create_model
@@ -34,10 +35,13 @@ def resolve_names(value: Any, registry: Registry, option: str) -> List[str]:
         names = [str(v) for v in value]
     else:
         names = [part.strip() for part in str(value).split(",") if part.strip()]
-    if names == ["all"]:
-        return registry.list()
+    if names == ["all"]:  # models registered with in_all=False (the CIFAR ResNets) are named, not implied
+        return [name for name in registry.list() if registry.info(name).get("in_all", True)]
     resolved: List[str] = []
     for name in names:
+        if any(char in name for char in "*?[") and registry.list(name):  # a shell pattern: every match
+            resolved.extend(registry.list(name))
+            continue
         try:
             registry.check(name)
         except UnknownNameError as error:
@@ -63,6 +67,7 @@ class Plan:
 def plan_sweep(cfg: DictConfig) -> Plan:
     """Check every key, value and name in ``cfg`` and expand it into training specs and cells."""
     validate(cfg)  # every key and value (interpbench.config); the names follow
+    load_plugins(cfg.get("plugins"))  # plugin files and entry points register their models first
     models = resolve_names(cfg.zoo, MODELS, "zoo")
     metrics = resolve_names(cfg.metric, METRICS, "metric")
     if str(cfg.explainer) == "default":
@@ -101,7 +106,17 @@ def plan_sweep(cfg: DictConfig) -> Plan:
                 f"profile '{cfg.profile.name}' has no recipe '{recipe_name}' for model {model_name}; "
                 f"its recipes: {', '.join(cfg.profile.recipes)}"
             )
-        return plain(cfg.profile.recipes[recipe_name]), plain((cfg.get("model_args", {}) or {}).get(model_name, {}))
+        return plain(cfg.profile.recipes[recipe_name]), model_args_of(model_name)
+
+    def model_args_of(model_name: str) -> Dict[str, Any]:
+        """``model_args.<model>``; a derived model takes its parent's ``mean`` and ``std`` unless it
+        sets its own (it normalises its input as the parent it is built on)."""
+        args = plain((cfg.get("model_args", {}) or {}).get(model_name, {}))
+        parent_name = MODELS.info(model_name).get("parent")
+        if parent_name and "weights" not in args:
+            inherited = model_args_of(parent_name)
+            args = {**{key: inherited[key] for key in ("mean", "std") if key in inherited}, **args}
+        return args
 
     weight_refs: Dict[str, Dict[str, str]] = {}
 

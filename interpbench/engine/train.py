@@ -205,8 +205,11 @@ def _train(spec: TrainSpec, store: Path, folder: Path, device: str, progress: bo
     # a corrupt last.pt (off its sidecar's sha256, or not loading) is quarantined: no resume
     state = load_verified(folder / "last.pt", store, _load_last)
     resume = state is not None
+    fit_seconds = 0.0  # converting or fitting the derived model on its parent (k-means: the whole fit)
     if parent is not None and not resume:
+        began = time.time()
         model.init_from_parent(parent, train_split)
+        fit_seconds = time.time() - began
     optimizer = make_optimizer(model, recipe) if int(recipe["epochs"]) > 0 else None  # 0: fitted only
     augment = dataset.augment if recipe["augment"] == "auto" else recipe["augment"]
 
@@ -265,7 +268,8 @@ def _train(spec: TrainSpec, store: Path, folder: Path, device: str, progress: bo
     record = {
         "model": spec.model, "key": spec.key(), "spec": spec.identity(), "config": plain(model.config),
         "test_accuracy": accuracy, "test_images": len(dataset.test), "train_images": n,
-        "history": history, "train_seconds": round(seconds, 1), "device": str(torch_device),
+        "history": history, "train_seconds": round(seconds, 1), "fit_seconds": round(fit_seconds, 1),
+        "device": str(torch_device),
         "parameters": sum(p.numel() for p in model.parameters()),
         "trained_parameters": sum(p.numel() for p in model.trainable_parameters()), "finished": True,
         "resumed_at_epochs": resumed,

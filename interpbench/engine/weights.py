@@ -14,6 +14,8 @@ import torch
 
 from interpbench.integrity import sha256_file
 
+OPTIONAL_SUFFIX = "num_batches_tracked"
+
 
 class WeightsError(ValueError):
     """Weights that cannot be read or do not fit their model; the message is one line."""
@@ -55,7 +57,8 @@ def fit_problem(model: torch.nn.Module, state: Dict[str, torch.Tensor]) -> Optio
     """One line naming the first missing, unexpected and mis-shaped keys of ``state`` for ``model``,
     or ``None`` when it fits."""
     expected = model.state_dict()
-    missing = [key for key in expected if key not in state]
+    # batch norm's step counter is absent from files saved by old torch versions; it holds no weights
+    missing = [key for key in expected if key not in state and not key.endswith(OPTIONAL_SUFFIX)]
     unexpected = [key for key in state if key not in expected]
     misshaped = [f"{key} {list(state[key].shape)} in the file, {list(expected[key].shape)} in the model"
                  for key in expected if key in state and tuple(state[key].shape) != tuple(expected[key].shape)]
@@ -75,5 +78,5 @@ def load_weights(model: torch.nn.Module, path: Any, name: str = "the model") -> 
     problem = fit_problem(model, state)
     if problem:
         raise WeightsError(f"weights {path} do not fit {name}: {problem}")
-    model.load_state_dict(state)
+    model.load_state_dict(state, strict=False)  # fit_problem checked every key but the optional ones
     return model

@@ -10,6 +10,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from interpbench.engine.jobs import ModelJob
 from interpbench.launch.base import Outcome, SweepWork, cell_keys, last_lines
+from interpbench.plugins import plugin_files
 
 
 def run_debug(jobs: Sequence[Tuple[str, Callable[[], Any]]], progress: bool = True) -> List[Outcome]:
@@ -65,11 +66,13 @@ def run_local(
 
 
 def model_jobs(work: SweepWork, threads: Optional[int]) -> List[Tuple[str, ModelJob]]:
-    """One job per model still to do: train it if needed, then compute its missing cells."""
+    """One job per model still to do: train it if needed, then compute its missing cells (the job
+    loads the sweep's plugins first)."""
     cfg = work.cfg
+    plugins = plugin_files(cfg.get("plugins"))
     return [(work.plan.specs[key].model + f"/seed{work.plan.specs[key].seed}",
              ModelJob(work.plan.specs[key], work.missing[key], str(work.store), device=cfg.device, threads=threads,
-                      progress=bool(cfg.progress)))
+                      progress=bool(cfg.progress), plugins=plugins))
             for key in work.todo]
 
 

@@ -23,6 +23,7 @@ from interpbench.launch.slurm_client import (
     submit_slurm,
     wait_slurm,
 )
+from interpbench.plugins import plugin_files
 from interpbench.storage import plain
 
 
@@ -40,13 +41,14 @@ def slurm_stages(plan: Plan, store: Path, cfg: DictConfig) -> List[Any]:
     """
     options = plain(cfg.launcher)
     threads = options.get("threads_per_job") or options.get("cpus_per_task") or None
+    plugins = plugin_files(cfg.get("plugins"))  # every task loads them before it builds its model
     levels: Dict[int, List[Any]] = {}
     untrained = [key for key, spec in plan.specs.items() if not model_trained(spec, store)]
     for key in sorted(untrained, key=lambda key: -plan.cost[key]):  # longest first
         spec = plan.specs[key]
         levels.setdefault(spec.depth, []).append(SlurmTask(
             f"train {spec.model}/seed{spec.seed}",
-            TrainJob(spec, str(store), device=cfg.device, threads=threads), model=key))
+            TrainJob(spec, str(store), device=cfg.device, threads=threads, plugins=plugins), model=key))
     stages: List[Any] = []
     for depth in sorted(levels):
         stages.append(SlurmStage("train" if depth == 0 else f"train{depth}", levels[depth],
@@ -60,7 +62,8 @@ def slurm_stages(plan: Plan, store: Path, cfg: DictConfig) -> List[Any]:
         for explainer, group in groups.items():
             evaluation.append(SlurmTask(
                 f"eval {spec.model}/seed{spec.seed}" + (f"/{explainer}" if explainer else ""),
-                ModelJob(spec, group, str(store), device=cfg.device, threads=threads, progress=False, train=False),
+                ModelJob(spec, group, str(store), device=cfg.device, threads=threads, progress=False, train=False,
+                         plugins=plugins),
                 model=key, cells=[cell.key() for cell in group]))
     stages.append(SlurmStage("eval", evaluation, after=[stage.name for stage in stages]))
     return stages
