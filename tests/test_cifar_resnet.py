@@ -187,7 +187,7 @@ def test_derived_models_are_built_on_the_loaded_parent_in_a_sweep(tmp_path):
     assert set(records) == {"cifar_resnet20", "ca_stream_cifar_resnet20", "kmeans_cifar_resnet20_b3",
                             "bcosified_cifar_resnet20"}
     parent = records["cifar_resnet20"]
-    assert parent["train_images"] == 0 and parent["weights"]["path"] == str(RESNET20)
+    assert parent["train_images"] == 0 and parent["weights"]["path"] == str(RESNET20.resolve())
     for name in ("ca_stream_cifar_resnet20", "kmeans_cifar_resnet20_b3", "bcosified_cifar_resnet20"):
         assert records[name]["spec"]["parent"] == parent["spec"]  # the one loaded checkpoint
         assert records[name]["config"]["mean"] == list(IMAGENET_MEAN)
