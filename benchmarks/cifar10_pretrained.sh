@@ -3,7 +3,7 @@
 # each, its CA-Stream, its two k-means heads and its B-cosified model, fitted on all 50,000
 # training images. Writes results/cifar10_pretrained/{main,full}/cifar10/.
 #
-#   bash benchmarks/cifar10_pretrained.sh [STORE] [DATA_ROOT]
+#   bash benchmarks/cifar10_pretrained.sh [STORE] [DATA_ROOT]      (BOARDS=main: that board only)
 #
 # STORE (default /tmp/interpbench-cifar10-pretrained) holds the decoded data, the models and the
 # cells; a rerun finds everything and only rewrites the reports. DATA_ROOT holds CIFAR-10 as
@@ -71,8 +71,13 @@ for d in 20 56; do
   echo "$(stamp) ResNet-$d family: load, fit, fine-tune"
   $PY runners/train.py "${COMMON[@]}" "${options[@]}" "store=$STORE/main"
 done
-for d in 20 56; do board main $d; done
-$PY runners/report.py "$STORE/main" --results-dir results/cifar10_pretrained/main
-for d in ${FULL_DEPTHS:-20 56}; do board full $d; done
-$PY runners/report.py "$STORE/full" --results-dir results/cifar10_pretrained/full
+BOARDS=${BOARDS:-main full}  # BOARDS=main: the main board only
+if [[ " $BOARDS " == *" main "* ]]; then
+  for d in 20 56; do board main $d; done
+  $PY runners/report.py "$STORE/main" --results-dir results/cifar10_pretrained/main
+fi
+if [[ " $BOARDS " == *" full "* ]]; then
+  for d in ${FULL_DEPTHS:-20 56}; do board full $d; done
+  $PY runners/report.py "$STORE/full" --results-dir results/cifar10_pretrained/full
+fi
 echo "$(stamp) done in $(( $(date +%s) - began )) s"

@@ -105,10 +105,18 @@ def main() -> None:
     saliency = EXPLAINERS.create("gradcam")(model, x, target).detach()
     n = x.shape[0]
 
+    # every map explains the predicted class: the average metrics score that class too, and
+    # deletion to black shares its perturbed images with pixel flipping to zero
+    overrides = {"average_drop": {"target": "predicted"}, "average_gain": {"target": "predicted"},
+                 "average_increase": {"target": "predicted"}, "deletion": {"baseline": "zero"}}
+
+    def make(name):
+        return METRICS.create(name, **overrides.get(name, {}))
+
     names = METRICS.list() if args.metrics == "all" else args.metrics.split(",")
     rows, suite_members = [], []
     for name in names:
-        metric = METRICS.create(name)
+        metric = make(name)
         if metric.needs_masks and masks is None:
             continue
         if metric.needs_explainer:
@@ -143,7 +151,7 @@ def main() -> None:
     def run_suite(members):
         batch = Batch(model, x, y, saliency, target=target, masks=masks)
         for name in members:
-            METRICS.create(name).compute(batch)
+            make(name).compute(batch)
         return batch.forward_images
 
     # all metrics, then the family whose perturbed images coincide (removal in saliency order)

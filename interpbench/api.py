@@ -136,7 +136,7 @@ def explain(model: ZooModel, images: torch.Tensor, explainer: str = "gradcam",
 
 def score(model: ZooModel, images: torch.Tensor, labels: torch.Tensor, explainer: Optional[str] = "gradcam",
           metric: str = "pixel_removal", *, saliency: Optional[torch.Tensor] = None,
-          target: Union[str, torch.Tensor, None] = "predicted", masks: Optional[torch.Tensor] = None,
+          target: Union[str, torch.Tensor, None] = None, masks: Optional[torch.Tensor] = None,
           explainer_args: Optional[Mapping[str, Any]] = None, batch_size: int = 250,
           progress: bool = False, **metric_args: Any) -> Scores:
     """Score ``explainer``'s maps of ``images`` by ``metric``, as a sweep's cell does.
@@ -145,7 +145,9 @@ def score(model: ZooModel, images: torch.Tensor, labels: torch.Tensor, explainer
     go to the metric (the sweep's ``metrics.<name>.*``), ``explainer_args`` to the explainer.
     ``saliency``: maps ``[N, H, W]`` to score instead of explaining (``explainer`` may then be
     ``None`` unless the metric explains again, as model randomisation does). ``target``: the class
-    each map explains (:func:`explain`). ``masks``: ground-truth object masks ``[N, H, W]``, which
+    each map explains (:func:`explain`); ``None``: the class the metric asks for (average drop,
+    gain and increase: their ``target`` argument, the true label by default), else the predicted
+    class, as in a sweep. ``masks``: ground-truth object masks ``[N, H, W]``, which
     the localisation metrics need. Images go through the model ``batch_size`` at a time on its
     device, in eval mode (restored afterwards). Unknown names and arguments raise the registries'
     one-line errors.
@@ -163,6 +165,8 @@ def score(model: ZooModel, images: torch.Tensor, labels: torch.Tensor, explainer
         raise ValueError(f"metric '{metric}' explains again: give the explainer that made the maps")
     made = None if explainer is None else make_explainer(model, explainer, explainer_args)
     device = next(model.parameters()).device
+    if target is None:
+        target = getattr(scorer, "explains", None) or "predicted"
     with evaluating(model):
         targets = resolve_targets(model, x, y, target, batch_size)
         if saliency is None:
@@ -347,7 +351,8 @@ def run(*overrides: str, **options: Any) -> pd.DataFrame:
     :func:`options_to_overrides`). Prints what the command prints and writes the same files
     (``<results_dir>/<data>/``, relative to the current directory). Returns the leaderboard's table
     (the columns of ``leaderboard.csv``: model, explainer, seeds, accuracy, each metric's mean,
-    interval and rank, the mean rank), built from the stored cells. Raises :class:`SweepError`,
+    interval, rank by mean, significance rank, tied-with-the-best flag and Holm-adjusted p-value
+    against the best, the mean rank and the mean significance rank), built from the stored cells. Raises :class:`SweepError`,
     naming the exit status and the error, when the config is bad (2) or a cell fails (1).
     """
     try:

@@ -9,7 +9,8 @@ place (``unknown key metrics.pixel_removal.stepz; valid keys: baseline, order, s
 What is checked:
 
 - ``profile``: its name, its ``size`` (one the zoo builds), ``eval`` (``num_images``, ``batch_size``,
-  ``seed``, ``target``) and every recipe under ``recipes`` (the keys of ``RECIPE_KEYS``);
+  ``seed``, ``target``) and every recipe under ``recipes`` (the keys of ``RECIPE_KEYS``, and
+  ``milestones`` and ``gamma``, which ``schedule: step`` needs and the other schedules refuse);
 - the top-level keys: ``zoo``, ``explainer``, ``metric``, ``seeds``, ``model_args``, ``device``
   (also whether torch sees the device it names), ``store``, ``results_dir``, ``progress``, ``plugins``
   (a list of paths; the files themselves are loaded by :mod:`interpbench.plugins`);
@@ -35,7 +36,7 @@ from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequ
 
 from interpbench.core import TARGETS
 from interpbench.data import DATASETS
-from interpbench.engine.train import AUGMENTS, OPTIMIZERS, RECIPE_KEYS, SCHEDULES
+from interpbench.engine.train import AUGMENTS, OPTIMIZERS, OPTIONAL_RECIPE_KEYS, RECIPE_KEYS, SCHEDULES, check_schedule
 from interpbench.explainers import EXPLAINERS
 from interpbench.launch.base import LAUNCHERS
 from interpbench.launch.slurm_client import GROUP_CELLS
@@ -45,7 +46,8 @@ from interpbench.storage import plain
 
 __all__ = [
     "DEVICE_PATTERN", "EVAL", "LAUNCHER_SCHEMAS", "PROFILE", "RECIPE", "TOP_LEVEL", "ConfigError", "Rule",
-    "argument_rules", "check_device", "check_key_path", "check_section", "check_value", "set_key_path",
+    "RECIPE_OPTIONAL", "argument_rules", "check_device", "check_key_path", "check_recipe_section", "check_section",
+    "check_value", "set_key_path",
     "unknown_key_message", "validate", "zoo_sizes",
 ]
 
@@ -198,15 +200,19 @@ def _join(prefix: str, key: Any) -> str:
 Schema = Mapping[str, Any]  # key -> Rule, or a nested schema
 
 
-def check_section(prefix: str, node: Any, schema: Schema) -> None:
-    """Check a mapping against ``schema`` (keys to :class:`Rule` or nested schemas); raise on the first problem."""
+def check_section(prefix: str, node: Any, schema: Schema, optional: Optional[Mapping[str, Rule]] = None) -> None:
+    """Check a mapping against ``schema`` (keys to :class:`Rule` or nested schemas); raise on the first
+    problem. ``optional``: keys (to their rules) the mapping may leave out."""
+    optional = optional or {}
     if not isinstance(node, Mapping):
         raise ConfigError(f"{prefix} must be a mapping with keys {', '.join(sorted(schema))}, got {show(node)}")
     for key in node:
-        if key not in schema:
-            raise ConfigError(unknown_key_message(_join(prefix, key), schema))
-    for key, entry in schema.items():
+        if key not in schema and key not in optional:
+            raise ConfigError(unknown_key_message(_join(prefix, key), [*schema, *optional]))
+    for key, entry in [*schema.items(), *optional.items()]:
         if key not in node:
+            if key in optional:
+                continue
             raise ConfigError(f"missing key {_join(prefix, key)}; {prefix or 'the config'} needs "
                               f"{', '.join(sorted(schema))}")
         if isinstance(entry, Rule):
@@ -243,7 +249,23 @@ RECIPE: Schema = {
     "augment": rule("str", choices=tuple(AUGMENTS)),
     "max_train_images": OPTIONAL_COUNT,
 }
+# Only schedule: step takes these (check_schedule: it needs both, the other schedules take neither).
+RECIPE_OPTIONAL: Dict[str, Rule] = {
+    "milestones": rule("list", items=frozenset({"int"}), nonempty=True,
+                       text="a non-empty list of increasing epochs (integers >= 1)"),
+    "gamma": rule("float"),  # in (0, 1]: check_schedule
+}
 assert set(RECIPE) == set(RECIPE_KEYS), "the recipe schema must cover RECIPE_KEYS"
+assert set(RECIPE_OPTIONAL) == set(OPTIONAL_RECIPE_KEYS), "the recipe schema must cover OPTIONAL_RECIPE_KEYS"
+
+
+def check_recipe_section(prefix: str, recipe: Any) -> None:
+    """Check one training recipe: its keys and values, then the step schedule's keys."""
+    check_section(prefix, recipe, RECIPE, RECIPE_OPTIONAL)
+    try:
+        check_schedule(recipe, prefix)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 PROFILE: Schema = {"name": rule("str"), "size": rule("str"), "eval": EVAL, "recipes": rule("mapping")}
 
@@ -503,7 +525,7 @@ def validate(cfg: Any) -> None:
     if not profile["recipes"]:
         raise ConfigError("profile.recipes must hold at least one recipe, got {}")
     for name, recipe in profile["recipes"].items():
-        check_section(f"profile.recipes.{name}", recipe, RECIPE)
+        check_recipe_section(f"profile.recipes.{name}", recipe)
 
     launcher = values["launcher"]
     problem = check_value("launcher.name", launcher.get("name"), rule("str", choices=tuple(LAUNCHERS)))

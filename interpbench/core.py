@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from interpbench.explainers import EXPLAINERS
 from interpbench.registry import UnknownNameError
 from interpbench.storage import plain, read_json, stable_hash
+from interpbench.zoo import MODELS
 
 # Data arguments that change where data is found or fetched, not what it is.
 DATA_KEYS_NOT_IN_IDENTITY = {"download"}
@@ -59,6 +60,12 @@ def _fields(obj: Any, source: str, required: Dict[str, Tuple[type, ...]],
     return obj
 
 
+def model_version(name: str) -> Optional[int]:
+    """The ``version`` a zoo model was registered with (raised when its architecture changes, so
+    checkpoints, maps and cells of the old one get new keys), or None."""
+    return MODELS.info(name).get("version") if name in MODELS else None
+
+
 @dataclass(frozen=True)
 class TrainSpec:
     model: str
@@ -75,6 +82,9 @@ class TrainSpec:
         data = {k: v for k, v in plain(self.data).items() if k not in DATA_KEYS_NOT_IN_IDENTITY}
         identity = {"model": self.model, "size": self.size, "model_args": plain(self.model_args),
                     "data": data, "recipe": plain(self.recipe), "seed": self.seed}
+        version = model_version(self.model)
+        if version is not None:  # a registered architecture's revision (absent: keys as before)
+            identity["model_version"] = version
         if self.weights is not None:  # the file's content fixes the weights: no recipe, no parent
             del identity["recipe"]
             identity["weights_sha256"] = self.weights["sha256"]
@@ -107,7 +117,12 @@ class TrainSpec:
         which has the same key."""
         fields = _fields(obj, source, {"model": (str,), "data": (dict,)},
                          {"recipe": (dict,), "size": (str,), "model_args": (dict,), "seed": (int,),
-                          "parent": (dict, type(None)), "weights": (dict, type(None)), "weights_sha256": (str,)})
+                          "parent": (dict, type(None)), "weights": (dict, type(None)), "weights_sha256": (str,),
+                          "model_version": (int,)})
+        version = fields.pop("model_version", None)  # an identity's: the zoo's version when written
+        if version is not None and version != model_version(fields["model"]):
+            raise RecordError(f"{source}: model {fields['model']} of version {version}; the zoo's is "
+                              f"{model_version(fields['model'])}")
         sha = fields.pop("weights_sha256", None)  # an identity's form of the weights (no path)
         if sha is not None and fields.get("weights") is None:
             fields["weights"] = {"path": "", "sha256": sha}
@@ -251,10 +266,15 @@ class CellResult:
 
     def settings(self) -> Dict[str, Any]:
         """What the scores depend on besides the model and its seed: the evaluation settings and the
-        explainer's and metric's arguments (a report never mixes cells that differ in these)."""
+        explainer's and metric's arguments (a report never mixes cells that differ in these). A cell
+        whose metric names its own target (``metric_args["target"]``: average_drop's) explains that
+        class whatever the sweep's target: the target is then the metric's argument, left out here."""
         data = {k: v for k, v in (self.train.get("data") or {}).items() if k not in DATA_KEYS_NOT_IN_IDENTITY}
-        return {"data": data, "size": self.size, "num_images": self.cell.get("num_images"),
-                "target": self.target, "eval_seed": self.cell.get("eval_seed")}
+        settings = {"data": data, "size": self.size, "num_images": self.cell.get("num_images"),
+                    "target": self.target, "eval_seed": self.cell.get("eval_seed")}
+        if "target" in self.metric_args:
+            del settings["target"]
+        return settings
 
     def to_json(self) -> Dict[str, Any]:
         out = {name: getattr(self, name) for name in _CELL_RESULT_FIELDS}

@@ -6,6 +6,12 @@
   is left as it is); then, with ``abs=True``, the absolute value is taken (normalise first, as
   Quantus does). ``per_image=True`` divides each map by its own maximum instead, which makes a
   score independent of the other images in the batch (rank-based metrics do not depend on it).
+- :func:`quantus_attributions` (defined in :mod:`interpbench.metrics.base`, which ranks with it
+  under ``ties="quantus"``): the attribution array Quantus ranks, as numpy: the maps
+  ``[B, 1, H, W]`` in their own dtype, ``normalise_by_max`` over the batch, then ``abs``,
+  broadcast over the channels and flattened per image (channel-first: ``c * H * W + pixel``).
+- :func:`quantus_group_sums`: Quantus's per-step attribution sums (float32 numpy sums over each
+  step's features, in Quantus's order), which decide Spearman ranks where float64 sums would not.
 - :func:`baseline_value`: the fill values Quantus's ``get_baseline_value`` gives for a named
   baseline, computed on our side in torch: ``"black"`` / ``"white"`` are the image's minimum /
   maximum over all channels and pixels (not 0 / 1), ``"mean"`` its mean over all channels and
@@ -16,9 +22,10 @@ from __future__ import annotations
 
 from typing import Optional, Union
 
+import numpy as np
 import torch
 
-from interpbench.metrics.base import divide_or
+from interpbench.metrics.base import divide_or, quantus_attributions  # noqa: F401 (re-exported)
 
 BASELINES = ("black", "white", "mean", "uniform")
 
@@ -39,6 +46,19 @@ def preprocess_attributions(a: torch.Tensor, normalise: bool = True, abs: bool =
     if abs:
         a = a.abs()
     return a
+
+
+def quantus_group_sums(values: np.ndarray, rank: torch.Tensor, step: int) -> torch.Tensor:
+    """Quantus's attribution sum of each step ``[B, T]`` (float64 holding float32 sums).
+
+    ``values [B, N]``: the array Quantus ranks (:func:`quantus_attributions`); ``rank [B, N]``:
+    its ranking; step ``t`` holds the features ranked ``t * step`` to ``(t + 1) * step - 1``, summed
+    by numpy in that order and dtype, as Quantus sums them.
+    """
+    order = torch.argsort(rank.cpu(), dim=1).numpy()
+    rows = np.arange(values.shape[0])[:, None]
+    sums = [values[rows, order[:, s : s + step]].sum(axis=-1) for s in range(0, values.shape[1], step)]
+    return torch.from_numpy(np.stack(sums, axis=1).astype(np.float64)).to(rank.device)
 
 
 def baseline_value(name: Union[str, float, int], x: torch.Tensor, per_channel: bool = False,

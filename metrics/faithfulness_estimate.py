@@ -8,11 +8,19 @@ of the two over the ``ceil(H * W / features_in_step)`` groups (Quantus's per-ima
 when either is constant). A faithful map gives a large drop where it puts large relevance:
 higher is better.
 
-Quantus pre-processing: ``normalise=True`` divides the maps by a positive number and
-``abs=False``; neither the order nor a correlation changes under a positive scale, so the raw
-saliency is used (ties to the lower pixel index; Quantus's unstable sort orders tied pixels
-arbitrarily, so the two agree on maps without ties). Quantus sums each group's attribution over
-the channels too (``C`` times ours), which no correlation sees.
+Ties (``ties``, see :mod:`interpbench.metrics.base`) decide which pixels share a group.
+``"random"`` (default): tied pixels in a random order seeded by the image (no positional bias);
+``"index"``: in pixel order, top rows first (earlier versions). Under both a group holds whole
+pixels and the raw saliency is used: Quantus's pre-processing (``normalise=True``, ``abs=False``)
+divides the maps by a positive number, which changes neither the order nor a correlation, and
+its per-channel sums are ``C`` times ours, which no correlation sees. ``"quantus"``: numpy's
+``argsort`` of the array Quantus sorts (the normalised map broadcast over the ``C`` channels), a
+group being ``C * features_in_step`` consecutive features of that order (so a tied pixel's
+channels may fall in different groups, as in Quantus), and each group's attribution summed as
+Quantus sums it (numpy, the map's dtype). Equality with Quantus (``quantus_reference``; softmax
+models; uniform draws fed to it in the tests): under ``"quantus"`` on any maps, ties included
+(tested on ReLU'd Grad-CAM maps upsampled from 4 x 4); under ``"random"`` and ``"index"`` only
+on maps without ties.
 
 Defaults and small images: ``features_in_step=None`` means one image row's worth of pixels (32 at
 32 x 32: 32 groups, 32 forward passes per image) instead of Quantus's 1 (3072 per-channel
@@ -38,10 +46,12 @@ from interpbench.metrics._quantus_common import (
     BASELINES,
     baseline_value,
     pearson,
+    quantus_attributions,
+    quantus_group_sums,
     quantus_numpy_compat,
     stacked_logits,
 )
-from interpbench.metrics.base import Batch, Metric
+from interpbench.metrics.base import Batch, Metric, check_ties
 from interpbench.metrics.pixel_flipping import (
     check_baseline,
     check_positive,
@@ -67,11 +77,12 @@ def group_fills(batch: Batch, baseline, seed: int, steps: int, per_step: int = 1
 def single_group_logits(batch: Batch, key, group: torch.Tensor, fills: torch.Tensor) -> torch.Tensor:
     """Logits ``[T * S, B, K]`` of the copies with group ``t`` alone set to ``fills[t, s]``.
 
-    ``group [B, H*W]``: each pixel's group; ``fills [T, S, B]``.
+    ``group``: each pixel's group ``[B, H*W]`` (all channels), or each feature's ``[B, C*H*W]``;
+    ``fills [T, S, B]``.
     """
     x = batch.x
     steps, samples = fills.shape[:2]
-    group_map = group.view(batch.size, 1, *x.shape[-2:])
+    group_map = group.view(batch.size, -1, *x.shape[-2:])
     fills = fills.to(x.dtype)
 
     def build(indices):
@@ -88,11 +99,12 @@ class FaithfulnessEstimate(Metric):
     name = "faithfulness_estimate"
 
     def __init__(self, features_in_step: Optional[int] = None, baseline: Union[str, float] = "black",
-                 seed: int = 0) -> None:
+                 seed: int = 0, ties: str = "random") -> None:
         check_positive("features_in_step", features_in_step, allow_none=True)
         baseline = check_baseline(baseline, FE_BASELINES)
-        super().__init__(features_in_step=features_in_step, baseline=baseline, seed=seed)
-        self.features_in_step, self.baseline, self.seed = features_in_step, baseline, seed
+        check_ties(ties)
+        super().__init__(features_in_step=features_in_step, baseline=baseline, seed=seed, ties=ties)
+        self.features_in_step, self.baseline, self.seed, self.ties = features_in_step, baseline, seed, ties
         self._last_shape: Optional[Tuple[int, ...]] = None
 
     @property
@@ -106,15 +118,21 @@ class FaithfulnessEstimate(Metric):
     def compute(self, batch: Batch) -> Dict[str, torch.Tensor]:
         self._last_shape = tuple(batch.x.shape[1:])
         step = self.step(batch.x.shape[-1])
-        group = batch.rank(True) // step  # [B, H*W]
         steps = -(-batch.num_pixels // step)
+        if self.ties == "quantus":  # groups of features, summed as Quantus sums them
+            channels = batch.x.shape[1]
+            rank = batch.feature_rank(True, "quantus")  # [B, C*H*W]
+            group = rank // (channels * step)
+            relevance = quantus_group_sums(quantus_attributions(batch.saliency, channels), rank, channels * step)
+        else:
+            group = batch.rank(True, self.ties) // step  # [B, H*W]
+            relevance = group_sums(batch, group, steps, batch.saliency.reshape(batch.size, -1))
         fills = group_fills(batch, self.baseline, self.seed, steps)
         baseline_id = ("uniform", self.seed) if self.baseline == "uniform" else self.baseline
-        key = ("single_group", True, step, baseline_id)
+        key = ("single_group", True, step, baseline_id, self.ties)
         logits = single_group_logits(batch, key, group, fills)  # [T, B, K]
         clean = batch.pick(batch.probabilities(batch.clean_logits()))  # [B]
         drops = clean[None] - batch.pick(batch.probabilities(logits))  # [T, B]
-        relevance = group_sums(batch, group, steps, batch.saliency.reshape(batch.size, -1))
         return {"score": pearson(relevance, drops.T)}
 
     def quantus_reference(self, image_shape: Optional[Tuple[int, int, int]] = None):

@@ -11,10 +11,19 @@ the evidence first, the ratio falls fast and the area over it is large: higher i
 
 The segmentation runs on the CPU with scikit-image (a Quantus dependency), once per image and
 cached in the batch; the removals and forward passes are batched in torch on the model's device
-(only the ``n`` steps an image has are evaluated). Quantus pre-processing (``normalise=True``,
-``abs=False``) scales the maps by a positive number, which leaves the order unchanged; ties go
-to the lower segment index (Quantus's unstable sort orders them arbitrarily, so the two agree on
-maps without ties).
+(only the ``n`` steps an image has are evaluated).
+
+Ties (``ties``, see :mod:`interpbench.metrics.base`) between segment means (on ReLU'd maps every
+segment of zeros ties with the others): ``"random"`` (default) removes tied segments in a random
+order seeded by the image (no positional bias); ``"index"`` by segment label (SLIC numbers them
+from the top left; earlier versions). Under both the means are of the raw map in float64:
+Quantus's pre-processing (``normalise=True``, ``abs=False``) scales the maps by a positive
+number, which changes no order. ``"quantus"``: numpy's ``argsort`` of the means Quantus computes,
+in its arithmetic (numpy's mean, in the map's dtype, of the normalised map broadcast over the
+channels, one image at a time), so tied and nearly tied segments go in Quantus's order.
+Equality with Quantus (``quantus_reference``, softmax models): under ``"quantus"`` on any maps,
+ties included (tested on ReLU'd Grad-CAM maps upsampled from 4 x 4); under ``"random"`` and
+``"index"`` only on maps whose segment means do not tie.
 
 ``baseline="mean"`` as Quantus: the removed segment gets the mean, over all channels and pixels,
 of the image as perturbed so far (recomputed at each step: a running mean, computed here by its
@@ -38,8 +47,8 @@ import numpy as np
 import torch
 
 from interpbench.metrics import METRICS
-from interpbench.metrics._quantus_common import baseline_value, quantus_numpy_compat
-from interpbench.metrics.base import Batch, Metric
+from interpbench.metrics._quantus_common import baseline_value, quantus_attributions, quantus_numpy_compat
+from interpbench.metrics.base import Batch, Metric, check_ties, saliency_rank
 from interpbench.metrics.pixel_flipping import check_baseline
 
 IROF_BASELINES = ("mean", "black", "white")
@@ -57,14 +66,37 @@ def slic_segments(batch: Batch) -> torch.Tensor:
     return batch.cache[key]
 
 
+def quantus_segment_order(saliency: torch.Tensor, segments: torch.Tensor, channels: int) -> torch.Tensor:
+    """The segment labels ``[B, S]`` (``S`` = largest label + 1) in Quantus 0.6's removal order.
+
+    Per image, the mean attribution of each segment present (label order) as Quantus computes it
+    (numpy's mean, in the map's dtype, of the normalised map broadcast over ``channels``), then
+    numpy's ``argsort`` of the negated means; labels absent from an image come last.
+    """
+    a = quantus_attributions(saliency, channels)
+    a = a.reshape(saliency.shape[0], channels, *saliency.shape[-2:])
+    labels = segments.cpu().numpy()
+    size = int(labels.max()) + 1
+    orders = []
+    for values, image_labels in zip(a, labels):
+        present = np.unique(image_labels)
+        means = np.zeros(len(present))
+        for i, label in enumerate(present):
+            means[i] = np.mean(values[:, image_labels == label])
+        absent = np.setdiff1d(np.arange(size), present)
+        orders.append(np.concatenate([present[np.argsort(-means)], absent]))
+    return torch.as_tensor(np.stack(orders), dtype=torch.long, device=segments.device)
+
+
 @METRICS.register("irof")
 class IROF(Metric):
     name = "irof"
 
-    def __init__(self, baseline: Union[str, float] = "mean") -> None:
+    def __init__(self, baseline: Union[str, float] = "mean", ties: str = "random") -> None:
         baseline = check_baseline(baseline, IROF_BASELINES)
-        super().__init__(baseline=baseline)
-        self.baseline = baseline
+        check_ties(ties)
+        super().__init__(baseline=baseline, ties=ties)
+        self.baseline, self.ties = baseline, ties
 
     @property
     def higher_is_better(self) -> bool:
@@ -78,10 +110,15 @@ class IROF(Metric):
         size = int(flat.max()) + 1
         counts = torch.zeros(batch.size, size, dtype=torch.float64, device=flat.device)
         counts.scatter_add_(1, flat, torch.ones_like(flat, dtype=torch.float64))
-        saliency = batch.saliency.reshape(batch.size, -1).double()
-        sums = torch.zeros_like(counts).scatter_add_(1, flat, saliency)
-        means = torch.where(counts > 0, sums / counts.clamp(min=1), torch.full_like(sums, -float("inf")))
-        order = torch.argsort(-means, dim=1, stable=True)  # absent labels last
+        if self.ties == "quantus":
+            order = quantus_segment_order(batch.saliency, segments, batch.x.shape[1])
+        else:
+            saliency = batch.saliency.reshape(batch.size, -1).double()
+            sums = torch.zeros_like(counts).scatter_add_(1, flat, saliency)
+            means = torch.where(counts > 0, sums / counts.clamp(min=1), torch.full_like(sums, -float("inf")))
+            # absent labels last; the random priorities of labels do not depend on the batch's largest
+            rank = saliency_rank(means, True, self.ties, images=batch.x, span=batch.num_pixels).to(flat.device)
+            order = torch.argsort(rank, dim=1)
         ranks = torch.arange(size, device=order.device).expand_as(order)
         position = torch.empty_like(order).scatter_(1, order, ranks)
         return (position.gather(1, flat).view_as(segments), (counts > 0).sum(1),
@@ -117,7 +154,7 @@ class IROF(Metric):
         # only the steps an image has: pairs (t, b) with t < count[b], t-major
         valid = torch.arange(steps, device=x.device)[:, None] < count[None]
         t_index, b_index = torch.nonzero(valid, as_tuple=True)
-        key = ("irof", "slic", self.baseline)
+        key = ("irof", "slic", self.baseline, self.ties)
         if key not in batch.cache:
             per = max(1, batch.chunk)
             parts = []

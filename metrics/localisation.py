@@ -11,9 +11,14 @@ and needs no forward pass. Higher is better for all three; an empty mask gives N
   negative evidence outside the object cannot push the share above 1; Quantus's default sums the
   raw values (``sign="raw"``). A map with no positive saliency gives NaN.
 - ``relevance_rank`` (Arras et al.; Quantus ``RelevanceRankAccuracy``): with ``K`` the mask's
-  size, the share of the ``K`` most salient pixels that lie in the mask. Ties in the ranking go to
-  the lower pixel index (``Batch.rank``); Quantus's unstable sort breaks them arbitrarily, so the
-  two agree on maps without ties at the K-th value.
+  size, the share of the ``K`` most salient pixels that lie in the mask. Pixels tied at the
+  ``K``-th value are chosen by ``ties`` (see :mod:`interpbench.metrics.base`): ``"random"``
+  (default) at random, seeded by the image (no positional bias); ``"index"`` lower pixel index
+  first, top rows first (earlier versions); ``"quantus"`` in the order of numpy's ``argsort`` of
+  the array Quantus sorts (the map after ``sign``, in its dtype, not rescaled). It equals Quantus
+  under ``"quantus"`` on any maps, ties included, and under the other rules on maps without
+  ties at the ``K``-th value. The pointing game needs no tie rule: any tied maximum inside the
+  mask counts, as in Quantus.
 
 ``sign`` (``raw``, ``abs``, ``positive``) says what is done to the map first; Quantus's
 ``abs=True`` is ``sign="abs"``. Quantus also divides the maps by their largest magnitude
@@ -26,7 +31,7 @@ from typing import Any, Dict, Tuple
 import torch
 
 from interpbench.metrics import METRICS
-from interpbench.metrics.base import Batch, Metric, divide_or, saliency_rank
+from interpbench.metrics.base import Batch, Metric, check_ties, divide_or, saliency_rank
 
 SIGNS = ("raw", "abs", "positive")
 
@@ -123,15 +128,22 @@ class RelevanceRank(_Localisation):
     name = "relevance_rank"
     quantus_class = "RelevanceRankAccuracy"
 
-    def __init__(self, sign: str = "raw") -> None:
+    def __init__(self, sign: str = "raw", ties: str = "random") -> None:
+        check_ties(ties)
         super().__init__(sign)
+        self.params["ties"] = ties
+        self.ties = ties
 
     def score(self, batch: Batch, values: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        # the batch's cached ranking is of the raw map; abs/positive change it, so rank again
-        if self.sign == "raw":
-            rank = batch.rank(descending=True)
-        else:
-            rank = saliency_rank(values, descending=True)
+        if self.ties == "quantus":  # the map after sign, in its own dtype, as Quantus sorts it
+            a = batch.saliency.detach().cpu().numpy().reshape(batch.size, -1)
+            transform = _numpy_sign(self.sign)
+            a = a if transform is None else transform(a)
+            rank = saliency_rank(torch.from_numpy(a), True, "quantus").to(values.device)
+        elif self.sign == "raw":  # the batch's cached ranking is of the raw map
+            rank = batch.rank(True, self.ties)
+        else:  # abs/positive change it, so rank again
+            rank = saliency_rank(values, True, self.ties, images=batch.x)
         size = masks.sum(1)
         top = rank < size.unsqueeze(1)
         return (top & masks).sum(1).to(values.dtype) / size.clamp(min=1).to(values.dtype)

@@ -8,9 +8,19 @@ The score of an image is the area under its curve the way Quantus's ``return_auc
 computes it, ``np.trapz(curve, dx=1)``; ``curve`` is the curve itself, ``curve_x`` the fraction
 of pixels replaced. A faithful map destroys the evidence first: lower is better.
 
-Quantus pre-processing (``normalise=True``, ``abs=False``) divides the maps by a positive number,
-which leaves the order unchanged, so the raw saliency is ranked (ties to the lower pixel index;
-Quantus's unstable sort orders tied pixels arbitrarily, so the two agree on maps without ties).
+Ties (``ties``, see :mod:`interpbench.metrics.base`). ``"random"`` (default): tied pixels go in
+a random order seeded by the image (no positional bias); ``"index"``: in pixel order, top rows
+first (earlier versions). Under both, a pixel goes whole (all channels in one step) and the raw
+saliency is ranked: Quantus's pre-processing (``normalise=True``, ``abs=False``) divides the maps
+by a positive number, which changes no order. ``"quantus"``: the order of numpy's ``argsort`` of
+the array Quantus sorts, the normalised map broadcast over the ``C`` channels (``C * H * W``
+features), and the first ``C * k`` features of that order are replaced after ``k`` pixels' worth
+(so where tied pixels straddle a step, some of a pixel's channels can go before the others, as
+in Quantus). Equality with Quantus (``quantus_reference``; softmax models; with
+``"uniform"``, given the same draws, which the tests feed to Quantus): under ``"quantus"`` on any
+maps, ties included (tested on ReLU'd Grad-CAM maps upsampled from 4 x 4); under ``"random"`` and
+``"index"`` only on maps without ties. With ``"quantus"`` the suite does not share deletion's
+forward passes (the images differ wherever a step splits a pixel's channels).
 
 Defaults changed for small images, and why:
 
@@ -22,9 +32,9 @@ Defaults changed for small images, and why:
   32 x 32 images, so :meth:`quantus_reference` skips that check and nothing else.
 - ``baseline="zero"``: exactly 0 in pixel space. Quantus's default ``"black"`` is each image's
   minimum over its channels and pixels, which is 0 only for images that contain a black pixel.
-  With a zero baseline and row-sized steps the perturbed images are exactly those of
-  ``deletion``, so the suite evaluates them once (``Batch.removal_logits``, baseline id ``0.0``,
-  most salient first). ``"black"``, ``"white"`` (the image's maximum), ``"uniform"`` (one U(0, 1)
+  With a zero baseline, row-sized steps and the same tie rule the perturbed images are exactly
+  those of ``deletion(baseline="zero")``, so the suite evaluates them once
+  (``Batch.removal_logits``, baseline id ``0.0``, most salient first). ``"black"``, ``"white"`` (the image's maximum), ``"uniform"`` (one U(0, 1)
   value per image and step, drawn from a generator seeded by ``seed``) and any number give
   Quantus's other baselines. Quantus's ``"mean"`` (the mean of the partly perturbed image,
   recomputed at every step) is not offered.
@@ -45,7 +55,7 @@ from interpbench.metrics._quantus_common import (
     quantus_numpy_compat,
     stacked_logits,
 )
-from interpbench.metrics.base import Batch, Metric
+from interpbench.metrics.base import Batch, Metric, check_ties
 from interpbench.metrics.insertion_deletion import step_counts
 
 PF_BASELINES = ("zero",) + tuple(b for b in BASELINES if b != "mean")
@@ -85,11 +95,12 @@ class PixelFlipping(Metric):
     name = "pixel_flipping"
 
     def __init__(self, features_in_step: Optional[int] = None, baseline: Union[str, float] = "zero",
-                 seed: int = 0) -> None:
+                 seed: int = 0, ties: str = "random") -> None:
         check_positive("features_in_step", features_in_step, allow_none=True)
         baseline = check_baseline(baseline)
-        super().__init__(features_in_step=features_in_step, baseline=baseline, seed=seed)
-        self.features_in_step, self.baseline, self.seed = features_in_step, baseline, seed
+        check_ties(ties)
+        super().__init__(features_in_step=features_in_step, baseline=baseline, seed=seed, ties=ties)
+        self.features_in_step, self.baseline, self.seed, self.ties = features_in_step, baseline, seed, ties
         self._curve_x: Optional[List[float]] = None
         self._last_shape: Optional[Tuple[int, ...]] = None
 
@@ -121,7 +132,7 @@ class PixelFlipping(Metric):
                 fill, fill_id = baseline_value(self.baseline, x), ("value", self.baseline)
             else:  # per-image minimum / maximum over channels and pixels: constant as pixels go
                 fill, fill_id = baseline_value(self.baseline, x), ("quantus", self.baseline)
-            logits = batch.removal_logits(counts, fill, fill_id, descending=True)
+            logits = batch.removal_logits(counts, fill, fill_id, descending=True, ties=self.ties)
         curve = batch.pick(batch.probabilities(logits)).T.contiguous()  # [B, n]
         self._curve_x = [round(k / batch.num_pixels, 6) for k in counts]
         return {"score": trapezoid_dx1(curve), "curve": curve}
@@ -133,14 +144,16 @@ class PixelFlipping(Metric):
     def _uniform_logits(self, batch: Batch, counts: List[int]) -> torch.Tensor:
         x, step = batch.x, self.step(batch.x.shape[-1])
         values = self.uniform_values(batch, len(counts)).to(x.dtype)  # [T, B]
-        step_of_pixel = (batch.rank(True) // step).view(batch.size, 1, *x.shape[-2:])  # [B, 1, H, W]
-        fill = values.T.gather(1, step_of_pixel.flatten(1)).view_as(step_of_pixel)  # [B, 1, H, W]
+        # the step of each feature (channel of a pixel): whole pixels unless ties="quantus"
+        features = batch.feature_rank(True, self.ties)  # [B, C*H*W]
+        step_of = (features // (x.shape[1] * step)).view_as(x)  # [B, C, H, W]
+        fill = values.T.gather(1, step_of.flatten(1)).view_as(step_of)  # [B, C, H, W]
 
         def build(indices):
             steps = torch.as_tensor(indices, device=x.device).view(-1, 1, 1, 1, 1)
-            return torch.where(step_of_pixel[None] <= steps, fill[None], x[None])
+            return torch.where(step_of[None] <= steps, fill[None], x[None])
 
-        key = ("pixel_flipping", "uniform", self.seed, step)
+        key = ("pixel_flipping", "uniform", self.seed, step, self.ties)
         return stacked_logits(batch, key, len(counts), build)
 
     def quantus_reference(self, image_shape: Optional[Tuple[int, int, int]] = None):

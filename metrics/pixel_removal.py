@@ -1,14 +1,18 @@
 """``pixel_removal``: accuracy as pixels are removed in saliency order (FA-CNN paper, sec. 5.2, Fig. 4).
 
-For removal fractions 0, 10, ..., 100 % of the pixels, ranked by saliency (ties broken by pixel
-index, so the ranking is deterministic), the removed pixels are set to a baseline (default: the
-dataset mean, i.e. zero after normalisation) in all channels, and top-1 accuracy on the true
-labels is recorded. The score is the area under the accuracy curve over the removed fraction,
-in [0, 1] (trapezoidal rule).
+For removal fractions 0, 10, ..., 100 % of the pixels, ranked by saliency (ties: below), the
+removed pixels are set to a baseline (default: the dataset mean, i.e. zero after normalisation)
+in all channels, and top-1 accuracy on the true labels is recorded. The score is the area under
+the accuracy curve over the removed fraction, in [0, 1] (trapezoidal rule).
 
 ``order="least_salient_first"`` (default) removes the least salient pixels first: a faithful
 map keeps the evidence longest, so higher is better. ``order="most_salient_first"`` removes the
 evidence first, so lower is better.
+
+Ties (``ties``, see :mod:`interpbench.metrics.base`): ``"random"`` (default) removes tied pixels
+in a random order seeded by the image, with no positional bias; ``"index"`` removes them in pixel
+order (top rows first), the rule of earlier versions. The metric has no Quantus counterpart, so
+``"quantus"`` is not offered.
 """
 from __future__ import annotations
 
@@ -17,10 +21,11 @@ from typing import Dict, List
 import torch
 
 from interpbench.metrics import METRICS
-from interpbench.metrics.base import Batch, Metric, saliency_rank  # noqa: F401 (saliency_rank re-exported)
+from interpbench.metrics.base import Batch, Metric, check_ties, saliency_rank  # noqa: F401 (saliency_rank re-exported)
 
 ORDERS = ("least_salient_first", "most_salient_first")
 BASELINES = ("mean", "zero")
+TIE_RULES = ("random", "index")
 
 
 def curve_area(curve: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -32,15 +37,17 @@ def curve_area(curve: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 class PixelRemoval(Metric):
     name = "pixel_removal"
 
-    def __init__(self, order: str = "least_salient_first", steps: int = 10, baseline: str = "mean") -> None:
+    def __init__(self, order: str = "least_salient_first", steps: int = 10, baseline: str = "mean",
+                 ties: str = "random") -> None:
         if order not in ORDERS:
             raise ValueError(f"unknown order '{order}'; valid orders: {', '.join(ORDERS)}")
         if baseline not in BASELINES:
             raise ValueError(f"unknown baseline '{baseline}'; valid baselines: {', '.join(BASELINES)}")
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
-        super().__init__(order=order, steps=steps, baseline=baseline)
-        self.order, self.steps, self.baseline = order, steps, baseline
+        check_ties(ties, TIE_RULES)
+        super().__init__(order=order, steps=steps, baseline=baseline, ties=ties)
+        self.order, self.steps, self.baseline, self.ties = order, steps, baseline, ties
         self.fractions = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
 
     @property
@@ -61,6 +68,7 @@ class PixelRemoval(Metric):
             fill, fill_id = torch.zeros(1, x.shape[1], 1, 1, device=x.device), 0.0
         # one forward pass per fraction over the whole batch, shared with any metric that
         # replaces the same pixels by the same baseline
-        logits = batch.removal_logits(counts, fill, fill_id, descending=self.order == "most_salient_first")
+        logits = batch.removal_logits(counts, fill, fill_id, descending=self.order == "most_salient_first",
+                                      ties=self.ties)
         curve = (logits.argmax(-1) == batch.y.to(x.device)).float().T.contiguous()
         return {"score": curve_area(curve, self.fractions), "curve": curve}

@@ -13,9 +13,17 @@ unperturbed point, as Quantus). The score of an image is the area under it as Qu
 Direction: with ``morf`` a faithful map makes the probability fall fast, so higher is better;
 with ``lerf`` lower is better.
 
-Quantus pre-processing (``normalise=True``, ``abs=False``) scales the maps by a positive number,
-which leaves the patch order unchanged; patch sums are taken in float64, ties go to the lower
-patch index (Quantus's unstable sort orders ties arbitrarily, so the two agree without ties).
+Ties (``ties``, see :mod:`interpbench.metrics.base`) between patch sums (on ReLU'd maps, every
+patch of zeros ties with the others): ``"random"`` (default) orders tied patches randomly, seeded
+by the image (no positional bias); ``"index"`` by patch index, top rows first (earlier versions).
+Under both the sums are of the raw map in float64: Quantus's pre-processing (``normalise=True``,
+``abs=False``) scales the maps by a positive number, which changes no order. ``"quantus"``:
+numpy's ``argsort`` of the sums Quantus computes, in its arithmetic (the normalised map broadcast
+over the channels, zero-padded, each patch's ``C * p * p`` values summed by numpy in the map's
+dtype), so tied and nearly tied patches go in Quantus's order. Equality with Quantus
+(``quantus_reference``, softmax models; uniform draws fed to it in the tests): under
+``"quantus"`` on any maps, ties included (tested on ReLU'd Grad-CAM maps upsampled from 4 x 4);
+under ``"random"`` and ``"index"`` only on maps whose patch sums do not tie.
 
 Defaults and small images:
 
@@ -37,15 +45,17 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Tuple, Union
 
+import numpy as np
 import torch
 
 from interpbench.metrics import METRICS
 from interpbench.metrics._quantus_common import (
     baseline_value,
+    quantus_attributions,
     quantus_numpy_compat,
     stacked_logits,
 )
-from interpbench.metrics.base import Batch, Metric
+from interpbench.metrics.base import Batch, Metric, check_ties, saliency_rank
 from interpbench.metrics.pixel_flipping import (
     PF_BASELINES,
     check_baseline,
@@ -74,21 +84,35 @@ def patch_ids(height: int, width: int, patch: int, device=None) -> Tuple[torch.T
     return rows[:, None] * per_row + cols[None, :], count
 
 
+def quantus_patch_sums(saliency: torch.Tensor, channels: int, patch: int) -> np.ndarray:
+    """Each patch's attribution sum ``[B, #patches]`` as Quantus 0.6 computes it (numpy, the maps'
+    dtype): the normalised map broadcast over ``channels``, zero-padded, and each patch's values
+    summed in channel, row, column order; patches row-major over the padded grid."""
+    a = quantus_attributions(saliency, channels=channels)
+    b, (h, w) = saliency.shape[0], saliency.shape[-2:]
+    (top, bottom), (left, right) = padding(h, patch), padding(w, patch)
+    a = np.pad(a.reshape(b, channels, h, w), ((0, 0), (0, 0), (top, bottom), (left, right)))
+    rows, cols = a.shape[2] // patch, a.shape[3] // patch
+    blocks = a.reshape(b, channels, rows, patch, cols, patch).transpose(0, 2, 4, 1, 3, 5)
+    return np.ascontiguousarray(blocks).reshape(b, rows * cols, -1).sum(axis=-1)
+
+
 @METRICS.register("region_perturbation")
 class RegionPerturbation(Metric):
     name = "region_perturbation"
 
     def __init__(self, patch_size: int = 2, regions_evaluation: int = 32, order: str = "morf",
-                 baseline: Union[str, float] = "uniform", seed: int = 0) -> None:
+                 baseline: Union[str, float] = "uniform", seed: int = 0, ties: str = "random") -> None:
         check_positive("patch_size", patch_size)
         check_positive("regions_evaluation", regions_evaluation)
         if order not in ORDERS:
             raise ValueError(f"unknown order {order!r}; valid orders: {', '.join(ORDERS)}")
         baseline = check_baseline(baseline, RP_BASELINES)
+        check_ties(ties)
         super().__init__(patch_size=patch_size, regions_evaluation=regions_evaluation, order=order,
-                         baseline=baseline, seed=seed)
+                         baseline=baseline, seed=seed, ties=ties)
         self.patch_size, self.regions_evaluation, self.order = patch_size, regions_evaluation, order
-        self.baseline, self.seed = baseline, seed
+        self.baseline, self.seed, self.ties = baseline, seed, ties
         self._curve_x: Optional[List[float]] = None
 
     @property
@@ -103,11 +127,16 @@ class RegionPerturbation(Metric):
     def patch_rank(self, batch: Batch) -> Tuple[torch.Tensor, int]:
         """Each pixel's patch position in the order ``[B, H, W]`` and the number of patches."""
         ids, count = patch_ids(*batch.x.shape[-2:], self.patch_size, device=batch.x.device)
-        sums = torch.zeros(batch.size, count, dtype=torch.float64, device=batch.x.device)
-        sums.index_add_(1, ids.flatten(), batch.saliency.reshape(batch.size, -1).double())
-        order = torch.argsort(-sums if self.order == "morf" else sums, dim=1, stable=True)
-        position = torch.empty_like(order).scatter_(
-            1, order, torch.arange(count, device=order.device).expand_as(order))
+        key = ("patch_rank", self.patch_size, self.order, self.ties)
+        if key not in batch.cache:
+            if self.ties == "quantus":
+                sums = torch.from_numpy(quantus_patch_sums(batch.saliency, batch.x.shape[1], self.patch_size))
+            else:
+                sums = torch.zeros(batch.size, count, dtype=torch.float64, device=batch.x.device)
+                sums.index_add_(1, ids.flatten(), batch.saliency.reshape(batch.size, -1).double())
+            position = saliency_rank(sums, self.order == "morf", self.ties, images=batch.x)
+            batch.cache[key] = position.to(batch.x.device)
+        position = batch.cache[key]
         return position.gather(1, ids.flatten().expand(batch.size, -1)).view(batch.size, *ids.shape), count
 
     def values(self, batch: Batch, steps: int) -> torch.Tensor:
@@ -130,7 +159,7 @@ class RegionPerturbation(Metric):
             return torch.where(position[None] <= steps, fill[None], x[None])
 
         baseline_id = ("uniform", self.seed) if self.baseline == "uniform" else self.baseline
-        key = ("region_perturbation", self.order, self.patch_size, baseline_id, steps)
+        key = ("region_perturbation", self.order, self.patch_size, baseline_id, steps, self.ties)
         logits = stacked_logits(batch, key, steps, build)
         probabilities = batch.pick(batch.probabilities(logits))  # [T, B]
         clean = batch.pick(batch.probabilities(batch.clean_logits()))  # [B]

@@ -26,16 +26,22 @@ Differences from Quantus 0.6, both forced:
 
 - Quantus 0.6 ranks the channel-broadcast attribution (``3 * H * W`` entries) but indexes the
   ``H * W`` pixels with that ranking, so its ``ROAD`` raises an ``IndexError`` on every RGB image
-  (it works on one-channel images). Here pixels are ranked by the map (ties to the lower pixel
-  index, ``Batch.rank``; Quantus's unstable sort breaks ties arbitrarily) and removed in all
-  channels, as in the ROAD paper. ``quantus_reference`` returns Quantus's ``ROAD`` with only that
-  ranking corrected; the tests show it equals the unmodified class on one-channel images.
+  (it works on one-channel images). Here pixels are ranked by the map (``Batch.rank``) and
+  removed in all channels, as in the ROAD paper. ``quantus_reference`` returns Quantus's ``ROAD``
+  with only that ranking corrected; the tests show it equals the unmodified class on one-channel
+  images.
 - The noise is drawn from torch (seeded by ``seed`` and ``k``, so a percentage gets the same
   noise whatever list it is in), not from numpy's global RNG; the tests inject Quantus's draws.
 
-Quantus's ``abs=False, normalise=True`` defaults do not change a ranking, so they are not
-parameters. Percentages keep Quantus's defaults at any image size: at 32 x 32 the first step
-removes 10 pixels. Each percentage's logits are cached under ``("road", noise, seed, k)``.
+Ties (``ties``, see :mod:`interpbench.metrics.base`): ``"random"`` (default) removes tied pixels
+in a random order seeded by the image (no positional bias); ``"index"`` in pixel order, top rows
+first (earlier versions); ``"quantus"`` in the order of numpy's ``argsort`` of the negated map
+normalised as Quantus normalises it (the array the corrected class sorts, and Quantus's own ROAD
+on one-channel images). Equality with ``quantus_reference`` (its noise fed to ours in the tests):
+under ``"quantus"`` on any maps, ties included; under ``"random"`` and ``"index"`` only on maps
+without ties among the pixels a percentage cuts through. Quantus's ``abs=False, normalise=True``
+defaults change no ranking of the raw map, so they are not parameters. Percentages keep Quantus's defaults at any image size: at 32 x 32 the first step
+removes 10 pixels. Each percentage's logits are cached under ``("road", noise, seed, ties, k)``.
 """
 from __future__ import annotations
 
@@ -44,7 +50,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from interpbench.metrics import METRICS
-from interpbench.metrics.base import Batch, Metric
+from interpbench.metrics.base import Batch, Metric, check_ties
 
 AXIAL, DIAGONAL = 1.0 / 6.0, 1.0 / 12.0
 STENCIL = ((AXIAL, (0, 1)), (AXIAL, (0, -1)), (AXIAL, (1, 0)), (AXIAL, (-1, 0)),
@@ -143,7 +149,7 @@ class ROAD(Metric):
     name = "road"
 
     def __init__(self, percentages: Optional[Sequence[float]] = None, noise: float = 0.01,
-                 seed: int = 0) -> None:
+                 seed: int = 0, ties: str = "random") -> None:
         if percentages is not None:
             try:
                 percentages = [float(p) for p in percentages]
@@ -155,9 +161,10 @@ class ROAD(Metric):
             raise ValueError(f"noise must be a standard deviation >= 0, got {noise!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an integer, got {seed!r}")
-        super().__init__(percentages=percentages, noise=noise, seed=seed)
+        check_ties(ties)
+        super().__init__(percentages=percentages, noise=noise, seed=seed, ties=ties)
         self.percentages = list(range(1, 100, 2)) if percentages is None else percentages
-        self.noise, self.seed = float(noise), seed
+        self.noise, self.seed, self.ties = float(noise), seed, ties
 
     @property
     def higher_is_better(self) -> bool:
@@ -179,7 +186,7 @@ class ROAD(Metric):
 
     def imputed(self, batch: Batch, counts: Sequence[int]) -> torch.Tensor:
         """The noisy imputed images ``[len(counts), B, C, H, W]`` (in the images' dtype)."""
-        rank = batch.rank(descending=True).view(batch.size, *batch.x.shape[-2:])
+        rank = batch.rank(descending=True, ties=self.ties).view(batch.size, *batch.x.shape[-2:])
         removed = torch.stack([rank < k for k in counts])  # [P, B, H, W]
         x = batch.x.unsqueeze(0).expand(len(counts), *batch.x.shape)
         solved = linear_imputation(x.reshape(-1, *batch.x.shape[1:]), removed.flatten(0, 1))
@@ -191,13 +198,13 @@ class ROAD(Metric):
     @torch.no_grad()
     def compute(self, batch: Batch) -> Dict[str, torch.Tensor]:
         counts = self.counts(batch.num_pixels)
-        keys = [("road", self.noise, self.seed, k) for k in counts]
+        keys = [("road", self.noise, self.seed, self.ties, k) for k in counts]
         todo = sorted({k for k, key in zip(counts, keys) if key not in batch.cache})
         group = max(1, batch.chunk // batch.size)  # percentages imputed and run together
         for start in range(0, len(todo), group):
             part = todo[start : start + group]
             for k, logits in zip(part, batch.forward(self.imputed(batch, part))):
-                batch.cache[("road", self.noise, self.seed, k)] = logits
+                batch.cache[("road", self.noise, self.seed, self.ties, k)] = logits
         logits = torch.stack([batch.cache[key] for key in keys])  # [P, B, K]
         curve = (logits.argmax(-1) == batch.target.to(logits.device).view(1, -1)).to(torch.float64).T
         return {"score": curve.mean(1), "curve": curve.contiguous()}

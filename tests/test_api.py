@@ -198,7 +198,8 @@ def test_the_readme_sweep_returns_the_leaderboard_of_its_stored_cells(home, caps
     written = pd.read_csv(folder / "results" / "synthetic" / "leaderboard.csv")
     assert board.columns.tolist() == written.columns.tolist() == [
         "model", "explainer", "seeds", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "pixel_removal",
-        "pixel_removal_ci_low", "pixel_removal_ci_high", "pixel_removal_rank", "mean_rank", "interval"]
+        "pixel_removal_ci_low", "pixel_removal_ci_high", "pixel_removal_rank", "pixel_removal_sig_rank",
+        "pixel_removal_tied_best", "pixel_removal_p_vs_best", "mean_rank", "mean_sig_rank", "interval"]
     pd.testing.assert_frame_equal(board, written, check_dtype=False, rtol=1e-12)
     cells = {(c["model"], c["explainer"]): c for c in
              (json.loads(p.read_text()) for p in (folder / "store" / "cells").glob("*.json"))}

@@ -1,7 +1,10 @@
 """average_drop / average_gain / average_increase: known answers on a hand-built model, the
-min-max scaling, undefined denominators, one shared forward pass, directions and errors."""
+min-max scaling, undefined denominators, one shared forward pass, directions and errors; the class
+they explain and score (``target``: the true label by default, as CA-Stream's code; the prediction
+as an option), in a direct call and in a sweep whose other cells explain the predicted class."""
 import pytest
 import torch
+from conftest import random_fa_cnn
 
 from interpbench.metrics import METRICS
 from interpbench.metrics.average_drop import explanation_map_images, minmax
@@ -32,10 +35,10 @@ def half_map(low=3.0, high=5.0):
     return s
 
 
-def scores(x, saliency, target):
+def scores(x, saliency, labels, **args):
+    """The three metrics' per-image scores of maps that explain ``labels`` (the default target)."""
     model = MeanModel().double()
-    y = torch.zeros(x.shape[0], dtype=torch.long)
-    return {name: METRICS.create(name)(model, x, y, saliency, target=target)["score"] for name in NAMES}
+    return {name: METRICS.create(name, **args)(model, x, labels, saliency, target=labels)["score"] for name in NAMES}
 
 
 def test_known_drop_gain_and_increase():
@@ -107,4 +110,99 @@ def test_directions():
 def test_unknown_argument_is_a_one_line_error(name):
     with pytest.raises(TypeError) as error:
         METRICS.create(name, scale="minmax")
-    assert str(error.value) == f"metric '{name}' takes no argument 'scale'; valid arguments: none"
+    assert str(error.value) == f"metric '{name}' takes no argument 'scale'; valid arguments: target"
+
+
+# --- which class: the true label (default, as CA-Stream's code) or the prediction ----------------
+
+def test_target_label_scores_the_label_and_predicted_the_prediction():
+    # Channel 0 is 0.75: P = [0.25, 0.75], the model predicts class 1; the label is class 0. E keeps
+    # the left half, m(E) = 0.375, P(E) = [0.625, 0.375].
+    # label (class 0): Y = 0.25, O = 0.625: no drop, gain (0.625 - 0.25) / 0.75 = 50 %, an increase;
+    # predicted (class 1): Y = 0.75, O = 0.375: drop 0.375 / 0.75 = 50 %, no gain, no increase.
+    x = torch.full((1, 3, 4, 4), 0.75, dtype=torch.float64)
+    labels, predicted, saliency = torch.tensor([0]), torch.tensor([1]), half_map().unsqueeze(0)
+    model = MeanModel().double()
+    by_label = {name: METRICS.create(name)(model, x, labels, saliency, target=labels)["score"] for name in NAMES}
+    by_prediction = {name: METRICS.create(name, target="predicted")(model, x, labels, saliency, target=predicted)["score"]
+                     for name in NAMES}
+    assert [float(by_label[n]) for n in NAMES] == pytest.approx([0.0, 50.0, 100.0])
+    assert [float(by_prediction[n]) for n in NAMES] == pytest.approx([50.0, 0.0, 0.0])
+    assert METRICS.create("average_drop").label == "average_drop"  # the default is not shown
+    assert METRICS.create("average_gain", target="predicted").label == "average_gain(target=predicted)"
+    assert [METRICS.create(n).explains for n in NAMES] == ["label"] * 3
+    assert METRICS.create("average_increase", target="predicted").explains == "predicted"
+
+
+def test_maps_of_another_class_are_a_one_line_error():
+    x = torch.full((2, 3, 4, 4), 0.75, dtype=torch.float64)  # both images predicted as class 1
+    labels, saliency, model = torch.tensor([0, 1]), torch.stack([half_map(), half_map()]), MeanModel().double()
+    with pytest.raises(ValueError) as error:  # maps of the prediction, scored on the label
+        METRICS.create("average_drop")(model, x, labels, saliency, target=torch.tensor([1, 1]))
+    assert str(error.value) == ("average_drop scores each image's true label, but 1 of 2 maps explain another "
+                                "class; explain the true label (target='label') or give the metric target='predicted'")
+    with pytest.raises(ValueError) as error:  # maps of the label (a call without target), scored on the prediction
+        METRICS.create("average_gain", target="predicted")(model, x, labels, saliency)
+    assert str(error.value) == ("average_gain(target=predicted) scores each image's predicted class, but 1 of 2 "
+                                "maps explain another class; explain the predicted class (target='predicted') or "
+                                "give the metric target='label'")
+    # a tie (P = [0.5, 0.5]) makes either class a prediction
+    tie = torch.full((2, 3, 4, 4), 0.5, dtype=torch.float64)
+    out = METRICS.create("average_drop", target="predicted")(model, tie, labels, saliency, target=torch.tensor([0, 1]))
+    assert out["score"].tolist() == pytest.approx([0.0, 50.0])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_unknown_target_is_a_one_line_error(name):
+    with pytest.raises(ValueError) as error:
+        METRICS.create(name, target="true")
+    assert str(error.value) == "unknown target 'true'; valid targets: label, predicted"
+
+
+def test_a_sweep_explaining_the_prediction_explains_and_scores_the_label_for_these_metrics(tmp_path):
+    """plan_sweep gives the three metrics' cells the metric's target (the true label) while the other
+    cells explain the sweep's (the prediction); run_cells explains each class once for its group,
+    every score equals a direct call on maps of its class, and the cells share one leaderboard."""
+    from hydra import compose, initialize_config_dir
+
+    from interpbench.cli import CONFIG_DIR, register_configs
+    from interpbench.data import load_dataset
+    from interpbench.engine.evaluate import evaluation_images, run_cells
+    from interpbench.engine.plan import plan_sweep
+    from interpbench.explainers import EXPLAINERS
+    from interpbench.report.tables import settings_conflict
+
+    register_configs()
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[
+            f"store={tmp_path / 'store'}", "data.num_train=20", "data.num_test=40", "profile.eval.num_images=12",
+            "profile.eval.batch_size=12", "profile.eval.target=predicted", "zoo=fa_cnn", "explainer=gradcam",
+            "metric=[average_drop,average_gain,deletion]", "metrics.average_gain.target=predicted",
+            "+model_args.fa_cnn={depth:3,channels:10}"])
+    cells = {cell.metric: cell for cell in plan_sweep(cfg).all_cells}
+    assert (cells["average_drop"].target, cells["average_drop"].metric_args) == ("label", {"target": "label"})
+    assert (cells["average_gain"].target, cells["average_gain"].metric_args) == ("predicted", {"target": "predicted"})
+    assert cells["deletion"].target == "predicted" and "target" not in cells["deletion"].metric_args
+
+    dataset = load_dataset(cfg.data)
+    model = random_fa_cnn(depth=3, channels=10)
+    results, errors = run_cells(list(cells.values()), tmp_path / "store", device="cpu", model=model,
+                                record={"test_accuracy": 0.1, "key": "random"}, dataset=dataset)
+    assert errors == {}
+    assert len(list((tmp_path / "store" / "saliency").glob("*.pt"))) == 2  # labels, predictions: once each
+    images = evaluation_images(dataset, 12, 0)
+    x, y = images["x"], images["y"]
+    with torch.no_grad():
+        predicted = model(x).argmax(1)
+    assert bool((predicted != y).any())  # the two targets differ on these images
+    for metric, classes in (("average_drop", y), ("average_gain", predicted), ("deletion", predicted)):
+        cell = cells[metric]
+        maps = EXPLAINERS.create("gradcam").explain_all(model, x, classes)
+        expected = METRICS.create(metric, **cell.metric_args)(model, x, y, maps, target=classes)["score"]
+        assert results[cell.key()].per_image == pytest.approx(expected.tolist(), abs=1e-5)
+    wrong_maps = EXPLAINERS.create("gradcam").explain_all(model, x, predicted)
+    on_prediction = METRICS.create("average_drop", target="predicted")(model, x, y, wrong_maps, target=predicted)
+    assert results[cells["average_drop"].key()].per_image != pytest.approx(on_prediction["score"].tolist(), abs=1e-5)
+    assert [results[cells[m].key()].label for m in ("average_drop", "average_gain")] == [
+        "average_drop", "average_gain(target=predicted)"]
+    assert settings_conflict(list(results.values())) is None

@@ -87,7 +87,7 @@ def test_a_derived_model_takes_its_parents_normalisation(tmp_path):
     assert derived.parent.key() == specs["cifar_resnet20"].key()  # one parent checkpoint for both
 
 
-def test_derived_models_over_a_cifar_resnet_start_from_its_predictions():
+def test_derived_models_over_a_cifar_resnet_reach_their_parents_predictions():
     torch.manual_seed(0)
     parent = create_model("cifar_resnet20").eval()
     with torch.no_grad():  # non-trivial batch-norm statistics and biases
@@ -101,7 +101,12 @@ def test_derived_models_over_a_cifar_resnet_start_from_its_predictions():
         reference = parent(x)
         stream = create_model("ca_stream_cifar_resnet20").eval()
         stream.init_from_parent(parent)
-        stream.query.zero_()  # uniform attention: the stream's pooling is the average pool
+        # a zero query into the last stage (W_{L-1} = 0, b = 0) makes its attention uniform, so
+        # CA_L is the average pool; with W_L = I it reaches the classifier unchanged
+        stream.projections[-2].weight.zero_()
+        stream.projections[-2].bias.zero_()
+        stream.projections[-1].weight.copy_(torch.eye(64))
+        stream.projections[-1].bias.zero_()
         assert torch.allclose(stream(x), reference, atol=1e-5)
         converted = bcosify(parent)  # B = 1 with the biases: the same function
         assert torch.allclose(converted(x), reference, atol=1e-4)

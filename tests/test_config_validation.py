@@ -12,6 +12,7 @@ from interpbench.cli import CONFIG_DIR, group_options, hydra_entry, register_con
 from interpbench.config import (
     LAUNCHER_SCHEMAS,
     RECIPE,
+    RECIPE_OPTIONAL,
     ConfigError,
     check_device,
     validate,
@@ -19,7 +20,7 @@ from interpbench.config import (
 )
 from interpbench.data import DATASETS
 from interpbench.engine.plan import plan_sweep
-from interpbench.engine.train import RECIPE_KEYS
+from interpbench.engine.train import OPTIONAL_RECIPE_KEYS, RECIPE_KEYS
 from interpbench.launch.base import LAUNCHERS
 from interpbench.launch.slurm_client import SLURM_OPTIONS
 from interpbench.sweep import run_sweep
@@ -89,7 +90,7 @@ def test_script_rejects_a_misspelt_device(tmp_path):
 def test_script_rejects_an_unknown_metric_argument_with_the_valid_keys(tmp_path):
     status, err = sweep_script(tmp_path, "metrics.pixel_removal.stepz=3")
     assert_one_error_line(status, err, tmp_path, "metrics.pixel_removal.stepz",
-                          "unknown key metrics.pixel_removal.stepz; valid keys: baseline, order, steps")
+                          "unknown key metrics.pixel_removal.stepz; valid keys: baseline, order, steps, ties")
 
 
 def test_script_rejects_a_word_for_max_parallel(tmp_path):
@@ -156,8 +157,10 @@ def test_slurm_sweeps_do_not_need_a_gpu_on_the_login_node(monkeypatch):
 # --- unknown keys: one line with the valid keys at their place ---------------------------------
 
 @pytest.mark.parametrize("arguments, message", [
-    (["metrics.pixel_removal.stepz=3"], "unknown key metrics.pixel_removal.stepz; valid keys: baseline, order, steps"),
-    (["+metrics.pixel_removal.stepz=3"], "unknown key metrics.pixel_removal.stepz; valid keys: baseline, order, steps"),
+    (["metrics.pixel_removal.stepz=3"],
+     "unknown key metrics.pixel_removal.stepz; valid keys: baseline, order, steps, ties"),
+    (["+metrics.pixel_removal.stepz=3"],
+     "unknown key metrics.pixel_removal.stepz; valid keys: baseline, order, steps, ties"),
     (["explainers.gradcam.reluu=true"], "unknown key explainers.gradcam.reluu; valid keys: relu"),
     (["+explainers.gradcam.reluu=true"], "unknown key explainers.gradcam.reluu; valid keys: relu"),
     (["profile.evall.seed=1"], "unknown key profile.evall; valid keys: eval, name, recipes, size"),
@@ -165,7 +168,9 @@ def test_slurm_sweeps_do_not_need_a_gpu_on_the_login_node(monkeypatch):
     (["profile.eval.num_image=3"],
      "unknown key profile.eval.num_image; valid keys: batch_size, num_images, seed, target"),
     (["profile.recipes.fa_minimal.epoch=3"], "unknown key profile.recipes.fa_minimal.epoch; valid keys: "
-     + ", ".join(sorted(RECIPE_KEYS))),
+     + ", ".join(sorted(RECIPE_KEYS))),  # the keys the cpu profile's recipe holds
+    (["profile=paper", "profile.recipes.coda.milestone=[30]"], "unknown key profile.recipes.coda.milestone; "
+     "valid keys: " + ", ".join(sorted(RECIPE_KEYS | OPTIONAL_RECIPE_KEYS))),
     (["launcher=local", "launcher.max_paralel=3"],
      "unknown key launcher.max_paralel; valid keys: max_parallel, name, threads_per_job, timeout_min"),
     (["launcher=debug", "+launcher.max_parallel=3"], "unknown key launcher.max_parallel; valid keys: name"),
@@ -223,7 +228,12 @@ def test_a_multirun_checks_keys_under_every_group_choice(tmp_path, capsys, monke
      "profile.recipes.bcos.max_train_images must be null or an integer >= 1, got 0"),
     ("profile.recipes.bcos.nesterov=maybe", "profile.recipes.bcos.nesterov must be true or false, got 'maybe'"),
     ("profile.recipes.bcos.optimizer=lbfgs", "profile.recipes.bcos.optimizer must be one of sgd, adamw, got 'lbfgs'"),
-    ("profile.recipes.bcos.schedule=step", "profile.recipes.bcos.schedule must be one of constant, cosine, got 'step'"),
+    ("profile.recipes.bcos.schedule=linear",
+     "profile.recipes.bcos.schedule must be one of constant, cosine, step, got 'linear'"),
+    ("profile.recipes.bcos.schedule=step", "profile.recipes.bcos: schedule 'step' needs milestones (epochs) and "
+     "gamma (the factor at each); missing: milestones, gamma"),
+    ("+profile.recipes.bcos.milestones=[10]", "profile.recipes.bcos: milestones applies to schedule 'step' only, got "
+     "schedule 'cosine'; set schedule: step or remove milestones"),
     ("profile.recipes.bcos.augment=flip",
      "profile.recipes.bcos.augment must be one of auto, none, crop_flip, got 'flip'"),
     ("~profile.recipes.bcos.lr", "missing key profile.recipes.bcos.lr; profile.recipes.bcos needs "
@@ -251,6 +261,60 @@ def test_value_rules(override, message):
     with pytest.raises(ConfigError) as error:
         validate(compose_config(["launcher=local", override]))
     assert str(error.value) == message
+
+
+@pytest.mark.parametrize("override, message", [
+    ("profile.recipes.coda.milestones=[60,30]", "profile.recipes.coda.milestones must be a non-empty list of "
+     "increasing epochs (integers >= 1), got [60, 30]"),
+    ("profile.recipes.coda.milestones=[0,30]", "profile.recipes.coda.milestones must be a non-empty list of "
+     "increasing epochs (integers >= 1), got [0, 30]"),
+    ("profile.recipes.coda.milestones=[]", "profile.recipes.coda.milestones must be a non-empty list of "
+     "increasing epochs (integers >= 1), got []"),
+    ("profile.recipes.coda.milestones=[30.5]", "profile.recipes.coda.milestones must be a non-empty list of "
+     "increasing epochs (integers >= 1), got [30.5]"),
+    ("profile.recipes.coda.milestones=30", "profile.recipes.coda.milestones must be a non-empty list of "
+     "increasing epochs (integers >= 1), got 30"),
+    ("profile.recipes.coda.gamma=0", "profile.recipes.coda.gamma must be a number in (0, 1], got 0"),
+    ("profile.recipes.coda.gamma=1.5", "profile.recipes.coda.gamma must be a number in (0, 1], got 1.5"),
+    ("profile.recipes.coda.gamma=fast", "profile.recipes.coda.gamma must be a number, got 'fast'"),
+    ("~profile.recipes.coda.gamma", "profile.recipes.coda: schedule 'step' needs milestones (epochs) and gamma "
+     "(the factor at each); missing: gamma"),
+    ("profile.recipes.coda.schedule=cosine", "profile.recipes.coda: milestones and gamma apply to schedule 'step' "
+     "only, got schedule 'cosine'; set schedule: step or remove milestones, gamma"),
+])
+def test_step_schedule_rules(override, message):
+    with pytest.raises(ConfigError) as error:
+        validate(compose_config(["profile=paper", "launcher=local", override]))
+    assert str(error.value) == message
+
+
+def test_the_paper_profile_holds_the_papers_schedules():
+    """Values taken from the papers and their reference code (see paper.yaml's comments)."""
+    recipes = compose_config(["profile=paper"]).profile.recipes
+    standard = recipes.resnet_standard
+    assert (standard.lr, standard.momentum, standard.nesterov, standard.weight_decay, standard.epochs) == \
+        (0.1, 0.9, False, 5e-4, 200)
+    assert (standard.schedule, list(standard.milestones), standard.gamma) == ("step", [100, 150], 0.1)
+    coda = recipes.coda
+    assert (coda.lr, coda.batch_size, coda.epochs, coda.schedule) == (2.5e-4, 16, 200, "step")
+    assert list(coda.milestones) == list(range(30, 200, 30)) and coda.gamma == 1 / 1.5
+    for name in ("fa_minimal", "resnet_minimal"):
+        minimal = recipes[name]
+        assert (minimal.optimizer, minimal.momentum, minimal.weight_decay, minimal.batch_size, minimal.epochs) == \
+            ("sgd", 0.0, 0.0, 100, 300)
+    ca = recipes.ca_stream
+    assert (ca.optimizer, ca.lr, ca.momentum, ca.weight_decay, ca.epochs) == ("sgd", 0.1, 0.9, 1e-4, 90)
+    assert (ca.schedule, list(ca.milestones), ca.gamma) == ("step", [30, 60], 0.1)
+
+
+def test_the_minimal_resnet_recipe_is_one_override_away(tmp_path):
+    cfg = compose_config([*places(tmp_path), "profile=paper", "zoo=resnet18", "explainer=random",
+                          "data.num_train=20", "data.num_test=10",
+                          "profile.recipes.resnet_standard=${profile.recipes.resnet_minimal}"])
+    plan = plan_sweep(cfg)
+    (spec,) = plan.specs.values()
+    assert spec.recipe == dict(compose_config(["profile=paper"]).profile.recipes.resnet_minimal)
+    assert "milestones" not in spec.recipe and spec.recipe["epochs"] == 300
 
 
 @pytest.mark.parametrize("override, message", [
@@ -283,6 +347,7 @@ def test_every_shipped_config_is_valid(data, profile, launcher):
 
 def test_the_schema_covers_the_recipes_and_the_launchers():
     assert set(RECIPE) == set(RECIPE_KEYS)
+    assert set(RECIPE_OPTIONAL) == set(OPTIONAL_RECIPE_KEYS) == {"milestones", "gamma"}
     assert set(LAUNCHER_SCHEMAS) == set(LAUNCHERS)
     assert set(LAUNCHER_SCHEMAS["slurm"]) == set(SLURM_OPTIONS)
     assert zoo_sizes() == ["cpu", "paper"]

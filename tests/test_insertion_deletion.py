@@ -1,5 +1,7 @@
-"""insertion / deletion (RISE): known curves, the area, the blur, the shared cache, and agreement
-with a per-image, step-by-step loop written after the RISE reference's ``CausalMetric``."""
+"""insertion / deletion (RISE): known curves, the area, the substrates, the shared cache, and
+agreement with a per-image, step-by-step loop written after the RISE reference's ``CausalMetric``
+for the pixel-space options (``deletion(baseline=zero)``, ``insertion(blur=reflect)``); the
+defaults against the reference protocol on normalised images are in test_rise_reference.py."""
 import numpy as np
 import pytest
 import torch
@@ -7,7 +9,7 @@ from torch import nn
 
 from interpbench.metrics import METRICS
 from interpbench.metrics.base import Batch
-from interpbench.metrics.insertion_deletion import gaussian_blur, rise_auc, step_counts
+from interpbench.metrics.insertion_deletion import gaussian_blur, reference_blur, rise_auc, step_counts
 from interpbench.zoo.base import ZooModel
 
 
@@ -47,26 +49,28 @@ def ramp_image():
     return x
 
 
-def test_deletion_known_curve_and_area():
+def test_deletion_to_black_known_curve_and_area():
     # Removing the 4, 8, 12, 16 brightest pixels (saliency = brightness) leaves the sums
     # 120, 66, 28, 6, 0 (/15) of 16 pixels: p = [0.5, 0.275, 0.11667, 0.025, 0].
-    x, metric = ramp_image(), METRICS.create("deletion")
-    out = metric(MeanModel().double(), x, torch.ones(1, dtype=torch.long), x[:, 0].clone())
+    x, metric = ramp_image(), METRICS.create("deletion", baseline="zero")
+    out = metric(MeanModel(mean=0.5).double(), x, torch.ones(1, dtype=torch.long), x[:, 0].clone())
     expected = torch.tensor([120, 66, 28, 6, 0], dtype=torch.float64) / 240
     assert torch.allclose(out["curve"][0], expected)
     # RISE area: (sum - first/2 - last/2) / 4 = (220 - 60) / 240 / 4 = 1/6
     assert float(out["score"][0]) == pytest.approx(1 / 6)
     assert metric.curve_x == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert metric.label == "deletion(baseline=zero)"
 
 
-def test_deletion_to_the_dataset_mean():
-    # Deleted pixels take the model's mean, 0.5: the sums become 120 + 15 * 0.5 * k (/15) for k
-    # deleted pixels less the deleted values: [120, 66 + 30, 28 + 60, 6 + 90, 0 + 120] / 240.
-    x, metric = ramp_image(), METRICS.create("deletion", baseline="mean")
+def test_deletion_to_the_dataset_mean_by_default():
+    # Deleted pixels take the model's mean, 0.5 (zero after normalisation, as RISE's zeros_like of
+    # the normalised image): the sums become 120 + 15 * 0.5 * k (/15) for k deleted pixels less
+    # the deleted values: [120, 66 + 30, 28 + 60, 6 + 90, 0 + 120] / 240.
+    x, metric = ramp_image(), METRICS.create("deletion")
     out = metric(MeanModel(mean=0.5).double(), x, torch.ones(1, dtype=torch.long), x[:, 0].clone())
     expected = torch.tensor([120, 96, 88, 96, 120], dtype=torch.float64) / 240
     assert torch.allclose(out["curve"][0], expected)
-    assert metric.label == "deletion(baseline=mean)"
+    assert metric.label == "deletion"
 
 
 def test_deletion_reads_the_explained_class_not_the_label():
@@ -77,25 +81,42 @@ def test_deletion_reads_the_explained_class_not_the_label():
     assert torch.allclose(out["curve"][0], 1 - torch.tensor([120, 66, 28, 6, 0], dtype=torch.float64) / 240)
 
 
-def test_insertion_known_curve_with_a_uniform_blur():
-    # A constant image blurs to itself, so insertion starts and stays at its probability...
-    x = torch.full((1, 3, 8, 8), 0.3, dtype=torch.float64)
-    out = METRICS.create("insertion")(MeanModel(8).double(), x, torch.ones(1, dtype=torch.long), torch.rand(1, 8, 8))
+def test_insertion_known_curves_with_both_blurs():
+    # The image at the dataset mean is zero after normalisation, so the reference blur (zero padded,
+    # in normalised space) keeps it: insertion starts and stays at its probability. A constant
+    # image away from the mean fades towards the mean at the borders under the reference blur and
+    # keeps its value under the reflected pixel-space blur.
+    y = torch.ones(1, dtype=torch.long)
+    at_mean = torch.full((1, 3, 8, 8), 0.3, dtype=torch.float64)
+    out = METRICS.create("insertion")(MeanModel(8, mean=0.3).double(), at_mean, y, torch.rand(1, 8, 8))
     assert torch.allclose(out["curve"][0], torch.full((9,), 0.3, dtype=torch.float64))
-    # ... and on a ramp it moves from the blurred image's mean to the image's, adding the
-    # inserted pixels' differences in saliency order, 8 at a time.
+    out = METRICS.create("insertion", blur="reflect")(MeanModel(8).double(), at_mean, y, torch.rand(1, 8, 8))
+    assert torch.allclose(out["curve"][0], torch.full((9,), 0.3, dtype=torch.float64))
+    out = METRICS.create("insertion")(MeanModel(8).double(), at_mean, y, torch.rand(1, 8, 8))
+    assert float(out["curve"][0, 0]) < 0.3 * 0.7 and float(out["curve"][0, -1]) == pytest.approx(0.3)
+    # On a ramp the curve moves from the blurred image's mean to the image's, adding the inserted
+    # pixels' differences in saliency order, 8 at a time.
     x = torch.zeros(1, 3, 8, 8, dtype=torch.float64)
     x[0, 0] = torch.arange(64, dtype=torch.float64).view(8, 8) / 63
-    out = METRICS.create("insertion")(MeanModel(8).double(), x, torch.ones(1, dtype=torch.long), x[:, 0].clone())
-    blurred = gaussian_blur(x)[0, 0].flatten()
+    model = MeanModel(8, mean=0.2).double()
     image = x[0, 0].flatten()
     order = torch.argsort(image, descending=True)
-    expected = [float((blurred.sum() + (image - blurred)[order[:k]].sum()) / 64) for k in range(0, 65, 8)]
-    # the brightest pixels come back first, so the curve overshoots the image's mean of 0.5
-    assert expected[-1] == pytest.approx(0.5) and expected[1] > 0.51
-    assert out["curve"][0].tolist() == pytest.approx(expected)
+    for blur, blurred in (("reference", reference_blur(x, model.mean, model.std)), ("reflect", gaussian_blur(x))):
+        out = METRICS.create("insertion", blur=blur)(model, x, y, x[:, 0].clone())
+        blurred = blurred[0, 0].flatten()
+        expected = [float((blurred.sum() + (image - blurred)[order[:k]].sum()) / 64) for k in range(0, 65, 8)]
+        assert expected[-1] == pytest.approx(0.5)
+        assert out["curve"][0].tolist() == pytest.approx(expected)
+    # with the reflected blur the brightest pixels come back first into a copy that keeps the
+    # image's mean, so the curve overshoots it; the reference copy is pulled towards the dataset
+    # mean (0.2) at the borders and starts lower
+    assert expected[1] > 0.51 and out["curve"][0, 0] == pytest.approx(0.5)
+    reference = METRICS.create("insertion")(model, x, y, x[:, 0].clone())["curve"][0]
+    assert float(reference[0]) < 0.45
     assert METRICS.create("insertion").higher_is_better is True
     assert METRICS.create("deletion").higher_is_better is False
+    assert METRICS.create("insertion").label == "insertion"
+    assert METRICS.create("insertion", blur="reflect").label == "insertion(blur=reflect)"
 
 
 def test_blur_is_a_normalised_gaussian_with_reflected_borders():
@@ -129,24 +150,30 @@ def test_step_defaults_to_the_image_width():
     assert METRICS.create("deletion", step=256).label == "deletion(step=256)"
 
 
-def test_deletion_shares_its_forward_passes_with_zero_baseline_removal():
+def test_deletion_shares_its_forward_passes_with_the_same_removals():
     model = TinyConvNet()
     x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     saliency = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(2))
     batch = Batch(model, x, torch.zeros(3, dtype=torch.long), saliency)
     METRICS.create("deletion").compute(batch)
     assert batch.forward_images == 3 * 33  # the clean image and 32 steps
-    # pixel flipping to a black baseline, one row per step, in the same order: no new pass
+    # removal to the dataset mean (pixel removal's "mean"), one row per step, in the same order: no new pass
     counts = step_counts(1024, 32)
-    flipped = batch.removal_logits(counts, torch.zeros(1, 3, 1, 1), 0.0, descending=True)
-    assert batch.forward_images == 3 * 33
-    assert flipped.shape == (33, 3, 5)
-    # insertion reuses the clean pass (its last point) and adds its 32 blurred images
-    METRICS.create("insertion").compute(batch)
+    removed = batch.removal_logits(counts, model.mean, "mean", descending=True)
+    assert batch.forward_images == 3 * 33 and removed.shape == (33, 3, 5)
+    # deletion to black is other images (32 new passes), which pixel flipping to zero then shares
+    METRICS.create("deletion", baseline="zero").compute(batch)
     assert batch.forward_images == 3 * 65
+    flipped = batch.removal_logits(counts, torch.zeros(1, 3, 1, 1), 0.0, descending=True)
+    assert batch.forward_images == 3 * 65 and not torch.allclose(flipped, removed)
+    # insertion reuses the clean pass (its last point) and adds its 32 blurred images per blur
+    METRICS.create("insertion").compute(batch)
+    assert batch.forward_images == 3 * 97
+    METRICS.create("insertion", blur="reflect").compute(batch)
+    assert batch.forward_images == 3 * 129
     # a coarser deletion's counts are a subset: nothing new
     METRICS.create("deletion", step=64).compute(batch)
-    assert batch.forward_images == 3 * 65
+    assert batch.forward_images == 3 * 129
 
 
 def rise_causal_metric(model, image, explanation, mode, step, substrate):
@@ -171,15 +198,16 @@ def rise_causal_metric(model, image, explanation, mode, step, substrate):
     return (scores.sum() - scores[0] / 2 - scores[-1] / 2) / (scores.shape[0] - 1), scores
 
 
-@pytest.mark.parametrize("name, mode", [("deletion", "del"), ("insertion", "ins")])
-def test_agrees_with_a_per_image_rise_loop(name, mode):
+@pytest.mark.parametrize("name, args, mode", [("deletion", {"baseline": "zero"}, "del"),
+                                              ("insertion", {"blur": "reflect"}, "ins")])
+def test_pixel_space_options_agree_with_a_per_image_rise_loop(name, args, mode):
     model = TinyConvNet(seed=3).double().eval()
     x = torch.rand(4, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     saliency = torch.rand(4, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         predicted = model(x).argmax(1)
     substrate = torch.zeros_like if mode == "del" else gaussian_blur
-    out = METRICS.create(name)(model, x, torch.zeros(4, dtype=torch.long), saliency, target=predicted)
+    out = METRICS.create(name, **args)(model, x, torch.zeros(4, dtype=torch.long), saliency, target=predicted)
     for i in range(4):
         area, curve = rise_causal_metric(model, x[i:i + 1], saliency[i], mode, 32, substrate)
         assert out["curve"][i].numpy() == pytest.approx(curve, abs=1e-9)
@@ -204,13 +232,25 @@ def test_bad_step_is_a_one_line_error(step):
     assert str(error.value) == f"step must be a positive number of pixels or None (the image width), got {step!r}"
 
 
-def test_images_too_small_for_the_blur_are_a_one_line_error():
+def test_images_too_small_for_the_reflected_blur_are_a_one_line_error():
+    x, y, saliency = torch.rand(1, 3, 4, 4), torch.ones(1, dtype=torch.long), torch.rand(1, 4, 4)
     with pytest.raises(ValueError) as error:
-        METRICS.create("insertion")(MeanModel(4), torch.rand(1, 3, 4, 4), torch.ones(1, dtype=torch.long), torch.rand(1, 4, 4))
-    assert str(error.value) == "insertion blurs with an 11-pixel kernel: images need at least 6 x 6 pixels, got 4 x 4"
+        METRICS.create("insertion", blur="reflect")(MeanModel(4), x, y, saliency)
+    assert str(error.value) == ("insertion's reflect blur has an 11-pixel kernel: images need at least "
+                                "6 x 6 pixels, got 4 x 4")
+    # the reference blur pads with zeros (the mean, 0 here): any size works. Each of the 16 pixels
+    # of the copy takes about 1/121 of every pixel (the kernel is nearly an 11 x 11 box), so the
+    # copy keeps about 16/121 of the image's sum; the model reads channel 0's mean of it
+    out = METRICS.create("insertion")(MeanModel(4), x, y, saliency)
+    blurred = reference_blur(x, MeanModel(4).mean, MeanModel(4).std)
+    assert float(out["curve"][0, 0]) == pytest.approx(float(blurred[0, 0].mean()), abs=1e-6)
+    assert float(blurred[0, 0].sum()) == pytest.approx(float(x[0, 0].sum()) * 16 / 121, rel=0.05)
 
 
-def test_bad_deletion_baseline_is_a_one_line_error():
+def test_bad_deletion_baseline_and_blur_are_one_line_errors():
     with pytest.raises(ValueError) as error:
         METRICS.create("deletion", baseline="blur")
-    assert str(error.value) == "unknown baseline 'blur'; valid baselines: zero, mean"
+    assert str(error.value) == "unknown baseline 'blur'; valid baselines: mean, zero"
+    with pytest.raises(ValueError) as error:
+        METRICS.create("insertion", blur="gaussian")
+    assert str(error.value) == "unknown blur 'gaussian'; valid blurs: reference, reflect"

@@ -95,3 +95,57 @@ def test_fitting_through_the_training_cache_keeps_the_backbone(store):
     from interpbench.engine.train import evaluate_accuracy
 
     assert evaluate_accuracy(model, data.test, torch.device("cpu")) == record["test_accuracy"]
+
+
+# --- the paper's backbone: ResNet-34 -------------------------------------------------------------
+
+def test_resnet34_at_paper_size_has_the_papers_stages():
+    from timm.models.resnet import BasicBlock
+
+    torch.manual_seed(0)
+    parent = create_model("resnet34", num_classes=10, size="paper")
+    stages = [parent.net.layer1, parent.net.layer2, parent.net.layer3, parent.net.layer4]
+    assert [len(stage) for stage in stages] == [3, 4, 6, 3]
+    assert all(type(block) is BasicBlock for stage in stages for block in stage)
+    assert parent.stage_widths == [64, 128, 256, 512]
+    assert parent.config["arch"] == "resnet34"
+    heads = {features: create_model(f"kmeans_resnet34_{features}", num_classes=10, size="paper", k=2).eval()
+             for features in ("b4", "b234")}
+    assert heads["b4"].prototypes.shape == (10, 2, 512)
+    assert heads["b234"].prototypes.shape == (10, 2, 128 + 256 + 512)
+    assert all(head.backbone.config["arch"] == "resnet34" for head in heads.values())
+    assert [len(s) for s in (heads["b4"].backbone.net.layer1, heads["b4"].backbone.net.layer4)] == [3, 3]
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        for head in heads.values():
+            logits = head(x)
+            assert logits.shape == (2, 10) and torch.isfinite(logits).all()
+            assert (logits <= 0).all()  # negative squared distances
+
+
+def test_resnet34_heads_are_registered_outside_the_default_sweep():
+    from interpbench.engine.plan import resolve_names
+    from interpbench.zoo import MODELS
+
+    for name, parent in (("resnet34", None), ("kmeans_resnet34_b4", "resnet34"), ("kmeans_resnet34_b234", "resnet34")):
+        assert name in MODELS.list()
+        info = MODELS.info(name)
+        assert info["in_all"] is False and info.get("parent") == parent
+    assert MODELS.info("kmeans_resnet34_b4")["recipe"] == "kmeans_fit"
+    default = resolve_names("all", MODELS, "zoo")
+    assert not [name for name in default if "resnet34" in name] and "kmeans_resnet18_b4" in default
+    assert resolve_names("*resnet34*", MODELS, "zoo") == ["kmeans_resnet34_b234", "kmeans_resnet34_b4", "resnet34"]
+
+
+def test_k_equal_one_on_a_resnet34_is_the_nearest_class_mean_of_its_last_stage():
+    from interpbench.data.base import to_float
+
+    torch.manual_seed(1)
+    parent = create_model("resnet34", num_classes=10).eval()
+    data = load_dataset(TINY_DATA)
+    model = create_model("kmeans_resnet34_b4", num_classes=10, k=1).eval()
+    model.init_from_parent(parent, data.train)
+    with torch.no_grad():
+        pooled = parent.forward_features(parent.normalize(to_float(data.train.images))).mean(dim=(2, 3))
+        means = torch.stack([pooled[data.train.labels == c].mean(0) for c in range(10)])
+        assert torch.allclose(model.prototypes[:, 0], means / pooled.norm(dim=1).mean(), atol=1e-5)

@@ -69,13 +69,35 @@ def test_zero_baseline_removes_to_black():
     assert out["curve"][0].tolist() == [1.0] + [0.0] * 10
 
 
-def test_ties_are_broken_by_pixel_index_in_both_orders():
+def test_index_ties_go_by_pixel_index_in_both_orders():
     flat = torch.zeros(1, 2, 3)
-    assert saliency_rank(flat, descending=False).tolist() == [[0, 1, 2, 3, 4, 5]]
-    assert saliency_rank(flat, descending=True).tolist() == [[0, 1, 2, 3, 4, 5]]
+    assert saliency_rank(flat, descending=False, ties="index").tolist() == [[0, 1, 2, 3, 4, 5]]
+    assert saliency_rank(flat, descending=True, ties="index").tolist() == [[0, 1, 2, 3, 4, 5]]
     values = torch.tensor([[[3.0, 1.0, 1.0], [2.0, 0.0, 3.0]]])
-    assert saliency_rank(values, descending=False).tolist() == [[4, 1, 2, 3, 0, 5]]
-    assert saliency_rank(values, descending=True).tolist() == [[0, 3, 4, 2, 5, 1]]
+    assert saliency_rank(values, descending=False, ties="index").tolist() == [[4, 1, 2, 3, 0, 5]]
+    assert saliency_rank(values, descending=True, ties="index").tolist() == [[0, 3, 4, 2, 5, 1]]
+    # the default breaks the two ties (1.0 twice, 3.0 twice) at random; the rest is fixed
+    for descending, fixed in ((False, {4: 0, 3: 3}), (True, {3: 2, 4: 5})):
+        rank = saliency_rank(values, descending=descending)[0].tolist()
+        assert sorted(rank) == list(range(6)) and all(rank[p] == r for p, r in fixed.items())
+
+
+def test_index_ties_reproduce_the_earlier_known_curve():
+    # A constant map, least salient first, baseline 0.5: the class holds while fewer than 32 of
+    # the 64 quadrant pixels are gone. With "index" the top rows go first: f = 0.2 (51 px: rows
+    # 0-2 and 3 pixels of row 3) takes 27 quadrant pixels, f = 0.3 (77 px: rows 0-3 and 13 of
+    # row 4) takes 40, and the class flips there, as it did before the random rule existed.
+    model, (x, y) = QuadrantModel(), quadrant_images()
+    flat = torch.zeros(3, 16, 16)
+    out = METRICS.create("pixel_removal", ties="index")(model, x, y, flat)
+    assert out["curve"].tolist() == [[1.0] * 3 + [0.0] * 8] * 3
+    assert METRICS.create("pixel_removal", ties="index").label == "pixel_removal(ties=index)"
+    # The default has no such order: at f = 0.3 the quadrant loses 77 * 64 / 256 = 19.25 pixels
+    # on average (hypergeometric, sd 3.4), far from 32, on 64 different images.
+    x, y = quadrant_images(64)
+    x[:, 1:] = torch.rand(64, 2, 16, 16, generator=torch.Generator().manual_seed(0))  # distinct images
+    random = METRICS.create("pixel_removal")(model, x, y, torch.zeros(64, 16, 16))
+    assert random["curve"][:, 3].mean() > 0.95
 
 
 def test_scores_do_not_depend_on_batching():
@@ -103,6 +125,8 @@ def test_label_names_changed_parameters_only():
 @pytest.mark.parametrize("kwargs, message", [
     ({"order": "sideways"}, "unknown order 'sideways'; valid orders: least_salient_first, most_salient_first"),
     ({"baseline": "blur"}, "unknown baseline 'blur'; valid baselines: mean, zero"),
+    ({"ties": "quantus"}, ("unknown ties 'quantus'; valid tie rules: random, index ('quantus' only on metrics "
+                           "that mirror Quantus)")),
 ])
 def test_bad_parameters_are_one_line_errors(kwargs, message):
     with pytest.raises(ValueError) as error:

@@ -2,7 +2,7 @@
 
 Grad-CAM++ and Score-CAM (written here; captum has neither) are compared with pytorch-grad-cam
 and with closed forms; RISE with the reference code's mask upsampling (skimage), its estimator
-and its analytic limits; occlusion and Integrated Gradients (captum) with their exact answers on a
+in both masking spaces and its analytic limits (the reference protocol itself: test_rise_reference.py); occlusion and Integrated Gradients (captum) with their exact answers on a
 model that is linear in the input. Every method runs on each zoo family, batched.
 """
 import pytest
@@ -173,35 +173,45 @@ def test_rise_masks_are_the_reference_codes_upsampled_shifted_grids():
     assert EXPLAINERS.create("rise").settings(224, 224) == (4000, 7)  # the paper's defaults
 
 
-def test_rise_is_the_monte_carlo_sum_over_its_masks_in_any_chunking():
+@pytest.mark.parametrize("space", ["normalised", "pixel"])
+def test_rise_is_the_monte_carlo_sum_over_its_masks_in_any_chunking(space):
+    """Masked images: ``mean + (x - mean) * M`` (the model's mean, 0.5 here: the normalised image
+    times the mask, the default) or ``x * M`` (pixel space, black)."""
     torch.manual_seed(3)
     model = LinearProbe(torch.randn(3, 3, 32, 32))
     x, target = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 1])
-    rise = EXPLAINERS.create("rise", num_masks=50, p=0.3, batch_size=12)  # 3 masks per forward batch
+    rise = EXPLAINERS.create("rise", num_masks=50, p=0.3, batch_size=12, space=space)  # 3 masks per forward batch
     masks = rise.masks(32, 32).double()
-    probs = model((x.double().unsqueeze(1) * masks[None, :, None]).flatten(0, 1).float()).view(4, 50, 3)
+    fill = 0.5 if space == "normalised" else 0.0
+    masked = fill + (x.double().unsqueeze(1) - fill) * masks[None, :, None]
+    probs = model(masked.flatten(0, 1).float()).view(4, 50, 3)
     expected = torch.einsum("bn,nhw->bhw", probs[torch.arange(4), :, target].double(), masks) / (50 * 0.3)
     maps = rise(model, x, target)
     assert torch.allclose(maps.double(), expected, rtol=1e-4, atol=1e-5)
-    every = EXPLAINERS.create("rise", num_masks=50, p=0.3).class_maps(model, x)
+    every = EXPLAINERS.create("rise", num_masks=50, p=0.3, space=space).class_maps(model, x)
     assert torch.allclose(every[torch.arange(4), target], maps, rtol=1e-4, atol=1e-5)
 
 
 def test_rise_converges_to_its_analytic_limits():
-    """For a model that reads one pixel v0 of an all-ones image (P = x(v0)), E[S(u)] = E[M(u) M(v0)] / p:
-    p where u is too far from v0 to share a grid cell (independent masks), and between p and 1 at
-    v0; for a constant P = 1, S = mean_i M_i / p -> 1 everywhere. Seeded; N = 2000 keeps the
-    Monte Carlo error near 0.015."""
+    """For a model that reads one pixel v0 of an all-ones image masked in pixel space
+    (P = M(v0)), E[S(u)] = E[M(u) M(v0)] / p: p where u is too far from v0 to share a grid cell
+    (independent masks), and between p and 1 at v0. Masked in normalised space (the model's mean
+    0.5 fills the masked part) P = 0.5 + 0.5 M(v0), so S = 0.5 E[M(u)] / p + 0.5 E[M(u) M(v0)] / p:
+    0.75 far away. For a constant P = 1, S = mean_i M_i / p -> 1 everywhere. Seeded; N = 2000
+    keeps the Monte Carlo error near 0.015."""
     weight = torch.zeros(2, 3, 32, 32)
     weight[0, 0, 4, 4] = 1.0
     model = LinearProbe(weight)
-    rise = EXPLAINERS.create("rise", num_masks=2000)
+    rise = EXPLAINERS.create("rise", num_masks=2000, space="pixel")
     maps = rise(model, torch.ones(1, 3, 32, 32), torch.tensor([0]))[0]
     far = maps[24:, 24:]  # >= 20 pixels from v0: the interpolated grid cells are 10 pixels apart
     assert abs(float(far.mean()) - 0.5) < 0.03 and float((far - 0.5).abs().max()) < 0.08
     assert 0.6 < float(maps[4, 4]) <= 1.0
     peak = divmod(int(maps.argmax()), 32)
     assert abs(peak[0] - 4) <= 3 and abs(peak[1] - 4) <= 3
+    shifted = EXPLAINERS.create("rise", num_masks=2000)(model, torch.ones(1, 3, 32, 32), torch.tensor([0]))[0]
+    assert torch.allclose(shifted, 0.5 * rise.masks(32, 32).mean(0) / 0.5 + 0.5 * maps, atol=1e-5)
+    assert abs(float(shifted[24:, 24:].mean()) - 0.75) < 0.03
 
     class Constant(LinearProbe):
         def probabilities(self, logits):
@@ -333,6 +343,8 @@ def test_registered_with_their_names_and_bad_arguments_name_the_valid_choices():
         EXPLAINERS.create("rise", p=1.0)
     with pytest.raises(ValueError, match="grid_size must be an integer >= 2"):
         EXPLAINERS.create("rise", grid_size=1)
+    with pytest.raises(ValueError, match="^unknown rise space 'input'; valid spaces: normalised, pixel$"):
+        EXPLAINERS.create("rise", space="input")
     with pytest.raises(ValueError, match="eps must be >= 0"):
         EXPLAINERS.create("gradcam_pp", eps=-1.0)
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):

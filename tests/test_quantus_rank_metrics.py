@@ -7,6 +7,10 @@ to 1e-5. Stochastic baselines are matched draw for draw: Quantus draws each unif
 ``np.random.uniform(size=...)`` in a fixed order (step by step, and sample by sample within a
 step), so the test replaces that function with one that hands out, in that order, the very draws
 our metric takes from its seeded torch generator; no test compares in distribution.
+
+The maps here have no ties (the object mask plus noise), so every tie rule (``ties``: the default
+``"random"``, ``"index"``, ``"quantus"``) gives Quantus's numbers; on tied maps only ``"quantus"``
+does, which ``test_ties.py`` tests on Grad-CAM maps.
 """
 from __future__ import annotations
 
@@ -140,10 +144,12 @@ def test_correlations_match_scipy():
 
 # --- equality with quantus 0.6 ---------------------------------------------------------------
 
-def test_pixel_flipping_equals_quantus(setup):
+@pytest.mark.parametrize("ties", ["random", "index", "quantus"])
+def test_pixel_flipping_equals_quantus(setup, ties):
     # defaults: zero baseline, one row (32 pixels, 96 of Quantus's per-channel features) per step
     model, x, y, saliency, _ = setup
-    metric = METRICS.create("pixel_flipping")
+    assert len(saliency.flatten(1)[0].unique()) == 1024  # no ties: every rule is Quantus's order
+    metric = METRICS.create("pixel_flipping", ties=ties)
     out = metric(model, x, y, saliency)
     # quantus_reference returns Quantus's per-image AUCs: our scores (two images suffice here)
     np.testing.assert_allclose(out["score"][:2].numpy(), run_quantus(metric, model, x[:2], y[:2], saliency[:2]),
@@ -186,14 +192,15 @@ def test_pixel_flipping_shares_deletions_forward_passes(setup):
 
 
 @pytest.mark.parametrize("params", [{}, {"baseline": "black", "order": "lerf", "patch_size": 5,
-                                         "regions_evaluation": 500}])
+                                         "regions_evaluation": 500, "ties": "index"},
+                                    {"ties": "quantus"}])
 def test_region_perturbation_equals_quantus(setup, monkeypatch, params):
     # the default draws one uniform value per image and region; patch 5 pads 32 to 35 (1 | 2)
     model, x, y, saliency, _ = setup
     metric = METRICS.create("region_perturbation", **params)
     out = metric(model, x, y, saliency)
-    steps = 32 if not params else 49  # all 7 x 7 patches when regions_evaluation exceeds them
-    if not params:
+    steps = 49 if "order" in params else 32  # all 7 x 7 patches when regions_evaluation exceeds them
+    if "order" not in params:
         feed_uniform(monkeypatch, uniform_draws(0, (steps, 6), "cpu"))
     curves = np.array(run_quantus(metric, model, x, y, saliency))
     assert curves.shape == (6, steps) == tuple(out["curve"].shape)
@@ -300,6 +307,9 @@ def test_registered_names_and_directions():
     ("monotonicity_correlation", {"nr_samples": 0}, "positive integer"),
     ("monotonicity_correlation", {"eps": -1.0}, "non-negative"),
     ("irof", {"baseline": "uniform"}, "valid baselines: a number or mean, black, white"),
+    ("pixel_flipping", {"ties": "stable"}, "unknown ties 'stable'; valid tie rules: random, index, quantus"),
+    ("region_perturbation", {"ties": None}, "unknown ties None; valid tie rules: random, index, quantus"),
+    ("irof", {"ties": "Random"}, "valid tie rules: random, index, quantus"),
 ])
 def test_bad_parameters_are_one_line_errors(name, params, message):
     with pytest.raises(ValueError, match=message) as error:

@@ -212,11 +212,12 @@ PERCENTAGES = [1, 9, 25, 50, 75, 91, 99]
 
 class QuantusNoiseROAD(ROAD):
     """Our ROAD fed the noise Quantus draws after ``np.random.seed(seed)``: for each percentage,
-    for each image, ``randn(C, k)`` placed on the ``k`` removed pixels in ranking order."""
+    for each image, ``randn(C, k)`` placed on the ``k`` removed pixels in ranking order (the
+    metric's own tie rule, ``ties``)."""
 
     def __init__(self, batch, seed, **params):
         super().__init__(**params)
-        order = batch.rank(descending=True).argsort(1)  # pixel indices, most salient first
+        order = batch.rank(descending=True, ties=self.ties).argsort(1)  # pixel indices, most salient first
         np.random.seed(seed)
         self.grids = {}
         channels = batch.x.shape[1]

@@ -206,4 +206,5 @@ def test_a_failing_cell_leaves_the_others_done_and_the_exit_status_says_so(tmp_p
     board = pd.read_csv(tmp_path / "results" / "synthetic" / "leaderboard.csv")
     assert board.columns.tolist() == [
         "model", "explainer", "seeds", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "pixel_removal",
-        "pixel_removal_ci_low", "pixel_removal_ci_high", "pixel_removal_rank", "mean_rank", "interval"]
+        "pixel_removal_ci_low", "pixel_removal_ci_high", "pixel_removal_rank", "pixel_removal_sig_rank",
+        "pixel_removal_tied_best", "pixel_removal_p_vs_best", "mean_rank", "mean_sig_rank", "interval"]

@@ -62,7 +62,7 @@ def test_load_trained_returns_the_recorded_model(store):
 
 @pytest.mark.parametrize("changes, message", [
     ({"optimizer": "lbfgs"}, "unknown optimizer 'lbfgs'; valid optimizers: sgd, adamw"),
-    ({"schedule": "step"}, "unknown schedule 'step'; valid schedules: constant, cosine"),
+    ({"schedule": "linear"}, "unknown schedule 'linear'; valid schedules: constant, cosine, step"),
     ({"augment": "mixup"}, "unknown augment 'mixup'; valid augments: auto, none, crop_flip"),
 ])
 def test_bad_recipes_are_one_line_errors(changes, message):
@@ -85,6 +85,89 @@ def test_learning_rate_schedules():
     assert learning_rate(recipe, 10, 100, 10) == pytest.approx(1.0)
     assert learning_rate(recipe, 55, 100, 10) == pytest.approx(0.5)
     assert learning_rate(dict(recipe, schedule="constant", warmup_epochs=0), 99, 100, 10) == 1.0
+
+
+STEP_RECIPE = dict(TINY_RECIPE, lr=0.1, schedule="step", milestones=[100, 150], gamma=0.1, epochs=200)
+
+
+@pytest.mark.parametrize("epoch, expected", [
+    (0, 0.1), (99, 0.1), (100, 0.01), (149, 0.01), (150, 0.001), (199, 0.001),
+])
+def test_step_schedule_divides_the_rate_when_a_milestone_epoch_begins(epoch, expected):
+    """The usual CIFAR ResNet schedule: 0.1, then x0.1 at epochs 100 and 150 (counted from 0), the
+    same at the first and the last step of an epoch."""
+    steps_per_epoch = 7
+    for step in (epoch * steps_per_epoch, epoch * steps_per_epoch + steps_per_epoch - 1):
+        assert learning_rate(STEP_RECIPE, step, 200 * steps_per_epoch, steps_per_epoch) == pytest.approx(expected)
+
+
+def test_step_schedule_agrees_with_torch_multisteplr():
+    """CoDA-Net's schedule (2.5e-4, divided by 1.5 every 30 epochs) against PyTorch's MultiStepLR
+    stepped once per epoch, over all 200 epochs."""
+    milestones, gamma = [30, 60, 90, 120, 150, 180], 1 / 1.5
+    recipe = dict(TINY_RECIPE, optimizer="adamw", lr=2.5e-4, schedule="step", milestones=milestones, gamma=gamma)
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=2.5e-4)
+    reference = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=gamma)
+    ours, theirs = [], []
+    for epoch in range(200):
+        theirs.append(optimizer.param_groups[0]["lr"])
+        ours.append(learning_rate(recipe, epoch * 3 + 1, 600, 3))
+        optimizer.step()
+        reference.step()
+    assert ours == pytest.approx(theirs, rel=1e-12)
+    assert ours[29] == pytest.approx(2.5e-4) and ours[30] == pytest.approx(2.5e-4 / 1.5)
+    assert ours[199] == pytest.approx(2.5e-4 / 1.5 ** 6)
+
+
+def test_step_schedule_after_warm_up():
+    recipe = dict(STEP_RECIPE, lr=1.0, milestones=[2], gamma=0.5, warmup_epochs=1)
+    assert [learning_rate(recipe, step, 40, 10) for step in (0, 4, 9, 10, 19, 20, 39)] == pytest.approx(
+        [0.1, 0.5, 1.0, 1.0, 1.0, 0.5, 0.5])
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"gamma": None}, "schedule 'step' needs milestones (epochs) and gamma (the factor at each); missing: gamma"),
+    ({"milestones": None, "gamma": None},
+     "schedule 'step' needs milestones (epochs) and gamma (the factor at each); missing: milestones, gamma"),
+    ({"milestones": [150, 100]},
+     "milestones must be a non-empty list of increasing epochs (integers >= 1), got [150, 100]"),
+    ({"milestones": [100, 100]},
+     "milestones must be a non-empty list of increasing epochs (integers >= 1), got [100, 100]"),
+    ({"milestones": [0, 100]},
+     "milestones must be a non-empty list of increasing epochs (integers >= 1), got [0, 100]"),
+    ({"milestones": []}, "milestones must be a non-empty list of increasing epochs (integers >= 1), got []"),
+    ({"milestones": [10.5]}, "milestones must be a non-empty list of increasing epochs (integers >= 1), got [10.5]"),
+    ({"milestones": "100,150"},
+     "milestones must be a non-empty list of increasing epochs (integers >= 1), got '100,150'"),
+    ({"gamma": 0}, "gamma must be a number in (0, 1], got 0"),
+    ({"gamma": 1.5}, "gamma must be a number in (0, 1], got 1.5"),
+    ({"gamma": "0.1"}, "gamma must be a number in (0, 1], got '0.1'"),
+    ({"schedule": "cosine"}, "milestones and gamma apply to schedule 'step' only, got schedule 'cosine'; "
+                             "set schedule: step or remove milestones, gamma"),
+    ({"schedule": "constant", "milestones": None},
+     "gamma applies to schedule 'step' only, got schedule 'constant'; set schedule: step or remove gamma"),
+])
+def test_bad_step_schedules_are_one_line_errors(changes, message):
+    recipe = dict(STEP_RECIPE, **changes)
+    for key in [k for k, v in changes.items() if v is None]:
+        del recipe[key]
+    with pytest.raises(ValueError) as error:
+        check_recipe(recipe)
+    assert str(error.value) == message
+    check_recipe(STEP_RECIPE)  # the good one passes
+
+
+def test_training_applies_the_step_schedule(store):
+    """The optimiser's rate saved after each epoch: 0.1 in epoch 0, x0.5 from epoch 1, x0.25 from
+    epoch 2 (milestones 1 and 2); the recipe's step keys are part of the cache key."""
+    stepped = spec(schedule="step", milestones=[1, 2], gamma=0.5, epochs=4, lr=0.1)
+    for epoch, expected in enumerate((0.1, 0.05, 0.025), start=1):
+        assert train_model(stepped, store, progress=False, stop_after_epochs=1)["epoch"] == epoch
+        state = torch.load(stepped.folder(store) / "last.pt", weights_only=False)
+        assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(expected)
+    record = train_model(stepped, store, progress=False)
+    assert record["finished"] and [h["epoch"] for h in record["history"]] == [1, 2, 3, 4]
+    assert spec(schedule="step", milestones=[1, 2], gamma=0.25, epochs=4).key() != stepped.key()
 
 
 def test_random_crop_flip_moves_pixels_without_changing_them():

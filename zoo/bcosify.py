@@ -7,7 +7,8 @@
    becomes a 1x1 B-cos convolution applied before the average pool (at ``B = 1`` the order of
    two linear maps does not matter; at ``B = 2`` it is the B-cos v2 head, and the reference
    B-cosification's). ReLUs (and the ImageNet stem's max-pool) stay: they are positively
-   homogeneous, so the contributions still sum to the logit exactly.
+   homogeneous, so the contributions still sum to the logit exactly (the reference replaces the
+   max-pool; see below).
 2. Input: the image is encoded as ``[x, 1 - x]`` instead of being normalised. Since
    ``(x - m) / s = ((1 - m) / s) * x + (-m / s) * (1 - x)`` the first convolution gets the
    6-channel weights ``[W (1 - m) / s, W (-m) / s]`` per input channel and computes exactly what
@@ -25,6 +26,28 @@
 5. At ``B = 1`` with those biases the converted network equals the original (see
    tests/test_bcosify.py). Then every bias is removed and ``B`` raised to 2; the recipe
    ``bcosify`` fine-tunes the result.
+
+Two differences from the reference code (shrebox/B-cosification), besides the gains of step 3:
+
+- The first convolution. The reference puts a normalisation in front of the network that maps the
+  6-channel ``[x, 1 - x]`` to ``((x - m) / s, (m - x) / s)`` (mean ``(m, 1 - m)``, std ``(s, s)``;
+  ``bcosify.py``'s ``bcosifynormalize``) and gives the first convolution the weights
+  ``[W, -W] / 2`` (``BcosifyNetwork.add_channels``), which on that input is ``W (x - m) / s``, the
+  original's first layer. Here the normalisation is folded into the weights of step 2 and the
+  network reads ``[x, 1 - x]`` itself. Both compute the original at conversion; ours has no
+  additive term in front of the first B-cos layer, so the network is dynamic-linear in the input
+  it is explained on (as every B-cos model of this zoo) and the contributions ``x * dy_c/dx`` sum
+  to the logit, which the reference's mean subtraction (a shift of the input) breaks. After ``B``
+  is raised the two also differ in the first layer's cosine: between the weight and the
+  ``[x, 1 - x]`` patch here, the normalised patch there.
+- The stem's max-pool. The reference swaps the ResNet stem's 3x3 stride-2 max-pool for an
+  average pool of the same geometry before fine-tuning (``standard_changes`` in
+  ``bcos/experiments/ImageNet/bcosification/experiment_parameters.py``); here it stays. A
+  max-pool passes one input per window on unchanged (a 0/1 weight chosen by the input), so it
+  is dynamic-linear and the contributions still sum to the logit; keeping it lets the converted
+  network at ``B = 1`` with biases equal the original exactly (checked by tests/test_bcosify.py),
+  where an average pool would change its function before the fine-tune starts. Only the ImageNet
+  stem (inputs over 64 pixels) has the pool: on CIFAR-size inputs the two agree.
 
 The builder creates the final architecture (``B = 2``, no biases, randomly initialised);
 ``init_from_parent`` converts the trained parent's weights into it, and the state dict holds

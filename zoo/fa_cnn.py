@@ -16,9 +16,14 @@ Heads and variants, on the same backbone:
 - ``fa_cnn_linear``: global average pooling and a linear head.
 - ``vanilla_cnn``: the ordinary skip ReLU(X + F(X)) and a linear head.
 
-Intrinsic explanation of class c at layer L (``fa_cnn``): the mean of class c's R channels of
-X_L, upsampled to the input. At the last layer it equals Grad-CAM of Y_c divided by h * w
-(the paper's Theorem 1; see tests/test_fa_cnn.py).
+Intrinsic explanation of class c at layer L (``fa_cnn``): the mean A_c of class c's R channels of
+X_L, upsampled to the input. At the last layer (X_{N_D}, h x w pixels, which feeds the head
+directly) Grad-CAM of Y_c equals this map divided by h * w, i.e. the map is h * w times Grad-CAM
+(the paper's Theorem 1): Y_c is the mean over the R channels and the h * w positions, so dY_c/dX_k
+is 1 / (R h w) at every position of each of class c's channels and 0 on the others; Grad-CAM's
+channel weights are therefore 1 / (R h w) and its map sum_k alpha_k X_k is A_c / (h w). A_c >= 0
+(X_{N_D} is a ReLU output), so Grad-CAM's final ReLU changes nothing. tests/test_fa_cnn.py checks
+the identity numerically for every class, at layer resolution and through the explainers.
 """
 from __future__ import annotations
 

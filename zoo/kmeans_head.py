@@ -16,6 +16,11 @@ On a CIFAR ResNet (three stages) the same two choices are ``b3`` (the last stage
 (all three stages: its last three, as ``b234`` is on the four-stage ResNets). The paper works with
 ImageNet-size ResNets; ``b3``/``b123`` are this harness's names for the same choices on CIFAR ResNets.
 
+The paper's backbone is a ResNet-34: ``kmeans_resnet34_b4`` and ``kmeans_resnet34_b234`` (over the
+zoo's ``resnet34``, BasicBlock [3, 4, 6, 3], stage widths 64-512 at ``size=paper``) are that
+setting; like ``resnet34`` they are left out of ``zoo=all`` (select them with ``'zoo=*resnet34*'``).
+The default sweep's heads sit on the ResNet-18.
+
 The prediction uses the spatial mean ``f_bar`` of the local features ``f(p)``. With ``mu`` the
 nearest prototype of class ``c``,
 
@@ -188,6 +193,7 @@ def _register(parent: str, features: str, in_all: bool) -> None:
     builder.__doc__ = f"k-means head on ``{features}`` features of a frozen, trained ``{parent}``."
 
 
-for _parent, _stages, _in_all in (("resnet18", 4, True), ("cifar_resnet20", 3, False), ("cifar_resnet56", 3, False)):
+for _parent, _stages, _in_all in (("resnet18", 4, True), ("resnet34", 4, False), ("cifar_resnet20", 3, False),
+                                  ("cifar_resnet56", 3, False)):
     for _features in FEATURES[_stages]:
         _register(_parent, _features, _in_all)

@@ -1,4 +1,5 @@
-"""ResNet-18 and ResNet-50 baselines, built with timm and explained post hoc.
+"""ResNet-18 and ResNet-50 baselines, built with timm and explained post hoc, and ResNet-34 (the
+backbone of the k-means-head paper; registered with ``in_all=False``, so ``zoo=all`` leaves it out).
 
 ``pretrained=true`` (with ``size=paper``, the only size with published weights) starts from timm's
 ImageNet weights through timm's own mechanism (the Hugging Face hub, cached by timm); on a
@@ -9,8 +10,9 @@ the model fails with one line naming what is missing and the ``weights=`` way.
 
 For inputs of at most 64 pixels the stem is the CIFAR one (a 3x3 convolution with stride 1 and
 no max-pool); larger inputs keep timm's ImageNet stem. The CPU profile keeps the architecture
-(BasicBlock [2, 2, 2, 2] for ResNet-18, Bottleneck [3, 4, 6, 3] for ResNet-50) with a quarter of
-the widths (16, 32, 64, 128); the paper profile has the usual (64, 128, 256, 512).
+(BasicBlock [2, 2, 2, 2] for ResNet-18 and [3, 4, 6, 3] for ResNet-34, Bottleneck [3, 4, 6, 3]
+for ResNet-50) with a quarter of the widths (16, 32, 64, 128); the paper profile has the usual
+(64, 128, 256, 512).
 """
 from __future__ import annotations
 
@@ -129,6 +131,14 @@ def resnet18(num_classes: int = 10, input_size=(3, 32, 32), mean=(0.5,) * 3, std
     return TimmResNet("resnet18", num_classes, input_size, mean, std, size, pretrained, pretrained_file)
 
 
+# The k-means-head paper's backbone; left out of zoo=all (name it, or select it with 'zoo=*resnet34*').
+@MODELS.register("resnet34", family="resnet", recipe="resnet_standard", in_all=False)
+def resnet34(num_classes: int = 10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.25,) * 3,
+             size: str = "cpu", pretrained: bool = False, pretrained_file: Optional[str] = None) -> TimmResNet:
+    """ResNet-34 (BasicBlock [3, 4, 6, 3]); ``pretrained``: timm's ImageNet weights (size=paper)."""
+    return TimmResNet("resnet34", num_classes, input_size, mean, std, size, pretrained, pretrained_file)
+
+
 @MODELS.register("resnet50", family="resnet", recipe="resnet_standard")
 def resnet50(num_classes: int = 10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.25,) * 3,
              size: str = "cpu", pretrained: bool = False, pretrained_file: Optional[str] = None) -> TimmResNet:
@@ -152,7 +162,8 @@ class FrozenResNetModel(ZooModel):
     ``self.backbone`` is a :class:`TimmResNet` or a :class:`CifarResNet` whose parameters never
     require gradients and whose batch norms stay in eval mode; ``init_from_parent`` copies the
     trained ResNet into it. Both backbones give ``stage_outputs``, ``stage_widths``,
-    ``classifier`` and ``cam_layer``."""
+    ``classifier`` and ``cam_layer``; ``stem_and_stage_outputs`` and ``stem_width`` add the stem's
+    output in front of the stages."""
 
     channels_last = True
 
@@ -176,6 +187,28 @@ class FrozenResNetModel(ZooModel):
                             f"{self.config['arch']} as its parent, got {type(parent).__name__} "
                             f"({parent.config.get('arch', 'no arch')})")
         self.backbone.load_state_dict(parent.state_dict())
+
+    def stem_and_stage_outputs(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """``[stem output, stage 1 output, ...]`` for a normalised input. The stem's output is what
+        the first stage receives (after the stem's convolution, batch norm, ReLU and, on a large
+        input, max-pool); it is taken on its way into the first stage, so the backbone's own
+        ``stage_outputs`` runs unchanged."""
+        captured: List[torch.Tensor] = []
+        handle = self._first_stage.register_forward_pre_hook(lambda _module, inputs: captured.append(inputs[0]))
+        try:
+            stages = self.backbone.stage_outputs(x)
+        finally:
+            handle.remove()
+        return captured + stages
+
+    @property
+    def stem_width(self) -> int:
+        """Channels of the stem's output (the first stage's input)."""
+        return self._first_stage[0].conv1.in_channels
+
+    @property
+    def _first_stage(self) -> nn.Sequential:
+        return self.backbone.net.layer1 if isinstance(self.backbone, TimmResNet) else self.backbone.layer1
 
     @property
     def cam_layer(self) -> nn.Module:

@@ -167,13 +167,20 @@ def plan_sweep(cfg: DictConfig) -> Plan:
                     plan.skipped.append(f"{model_name}/{explainer_name}")
                     continue
                 for metric_name in metrics:
+                    # A metric that names the class its maps must explain (``explains``: average_drop
+                    # and its family) gets cells explaining that class, whatever the eval target; its
+                    # target goes into its arguments, which CellResult.settings counts as its own.
+                    own = getattr(metric_objects[metric_name], "explains", None)
+                    metric_args = plain(cfg.metrics.get(metric_name, {}))
+                    if own is not None:
+                        metric_args = dict(metric_args, target=own)
                     cells.append(Cell(
                         train=spec, explainer=explainer_name, metric=metric_name,
                         explainer_args=plain(cfg.explainers.get(explainer_name, {})),
-                        metric_args=plain(cfg.metrics.get(metric_name, {})),
+                        metric_args=metric_args,
                         num_images=int(cfg.profile.eval.num_images),
                         batch_size=int(cfg.profile.eval.batch_size),
-                        target=str(cfg.profile.eval.target),
+                        target=own or str(cfg.profile.eval.target),
                         eval_seed=int(cfg.profile.eval.seed),
                     ))
             plan.specs[spec.key()] = spec

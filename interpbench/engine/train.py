@@ -4,11 +4,25 @@ A :class:`TrainSpec` names the model, its size, the data, the recipe and the see
 cache key. ``train_model`` returns at once on a cache hit, resumes from the last finished epoch
 after an interruption, and otherwise trains with a progress bar, checkpointing every epoch and
 recording the top-1 test accuracy with the final weights.
+
+A recipe's learning-rate ``schedule`` (after ``warmup_epochs`` of linear warm-up from ``lr / W`` to
+``lr``, ``W`` the warm-up steps):
+
+- ``constant``: ``lr`` throughout;
+- ``cosine``: ``lr * (1 + cos(pi * t)) / 2`` with ``t`` the fraction of the post-warm-up steps done,
+  updated every step;
+- ``step``: ``lr * gamma ** k`` in epoch ``e`` (counted from 0), ``k`` the number of ``milestones``
+  ``<= e``: the rate is multiplied by ``gamma`` when epoch ``m`` begins, for each milestone ``m``
+  (PyTorch's ``MultiStepLR`` stepped once per epoch). ``milestones`` (increasing epochs ``>= 1``)
+  and ``gamma`` (in ``(0, 1]``) are recipe keys that only this schedule takes; a milestone at or
+  past ``epochs`` never applies.
 """
 from __future__ import annotations
 
+import bisect
 import math
 import time
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Tuple
@@ -28,20 +42,24 @@ RECIPE_KEYS = {
     "optimizer", "lr", "momentum", "nesterov", "weight_decay", "batch_size", "epochs", "schedule",
     "warmup_epochs", "augment", "max_train_images",
 }
+# Keys only the step schedule takes (a recipe without them keeps its cache key).
+STEP_KEYS = ("milestones", "gamma")
+OPTIONAL_RECIPE_KEYS = set(STEP_KEYS)
 
 
 # "auto" takes the dataset's own choice (none for synthetic, crop_flip for CIFAR and folders).
 AUGMENTS = ("auto", "none", "crop_flip")
 OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "step")
 
 
 def check_recipe(recipe: Dict[str, Any]) -> None:
-    missing, unknown = RECIPE_KEYS - set(recipe), set(recipe) - RECIPE_KEYS
+    valid = RECIPE_KEYS | OPTIONAL_RECIPE_KEYS
+    missing, unknown = RECIPE_KEYS - set(recipe), set(recipe) - valid
     if missing or unknown:
         raise ValueError(
             f"training recipe has missing keys {sorted(missing)} and unknown keys {sorted(unknown)}; "
-            f"valid keys: {', '.join(sorted(RECIPE_KEYS))}"
+            f"valid keys: {', '.join(sorted(valid))}"
         )
     if recipe["optimizer"] not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer '{recipe['optimizer']}'; valid optimizers: {', '.join(OPTIMIZERS)}")
@@ -49,6 +67,35 @@ def check_recipe(recipe: Dict[str, Any]) -> None:
         raise ValueError(f"unknown schedule '{recipe['schedule']}'; valid schedules: {', '.join(SCHEDULES)}")
     if recipe["augment"] not in AUGMENTS:
         raise ValueError(f"unknown augment '{recipe['augment']}'; valid augments: {', '.join(AUGMENTS)}")
+    check_schedule(recipe)
+
+
+def check_schedule(recipe: Dict[str, Any], where: str = "") -> None:
+    """The step schedule's keys: ``milestones`` and ``gamma`` are needed by ``schedule: step`` and
+    taken by no other schedule. ``where`` (e.g. ``profile.recipes.coda``) prefixes the messages."""
+    head, key = (f"{where}: ", f"{where}.") if where else ("", "")
+    present = [name for name in STEP_KEYS if name in recipe]
+    if recipe["schedule"] != "step":
+        if present:
+            verb = "apply" if len(present) > 1 else "applies"
+            raise ValueError(f"{head}{' and '.join(present)} {verb} to schedule 'step' only, got schedule "
+                             f"'{recipe['schedule']}'; set schedule: step or remove {', '.join(present)}")
+        return
+    missing = [name for name in STEP_KEYS if name not in recipe]
+    if missing:
+        raise ValueError(f"{head}schedule 'step' needs milestones (epochs) and gamma (the factor at each); "
+                         f"missing: {', '.join(missing)}")
+    milestones = recipe["milestones"]
+    epochs_ok = (isinstance(milestones, Sequence) and not isinstance(milestones, str) and len(milestones) > 0
+                 and all(isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in milestones)
+                 and all(a < b for a, b in zip(milestones, list(milestones)[1:])))
+    if not epochs_ok:
+        shown = list(milestones) if isinstance(milestones, Sequence) and not isinstance(milestones, str) else milestones
+        raise ValueError(f"{key}milestones must be a non-empty list of increasing epochs (integers >= 1), "
+                         f"got {shown!r}")
+    gamma = recipe["gamma"]
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 < gamma <= 1:
+        raise ValueError(f"{key}gamma must be a number in (0, 1], got {gamma!r}")
 
 
 def build_model(spec: TrainSpec, dataset: Dataset) -> ZooModel:
@@ -107,11 +154,16 @@ def training_subset(split: Split, limit: Optional[int], seed: int) -> Split:
 
 
 def learning_rate(recipe: Dict[str, Any], step: int, total_steps: int, steps_per_epoch: int) -> float:
+    """The learning rate at optimiser ``step`` (counted from 0) of ``total_steps`` (see the module
+    docstring for the schedules)."""
     warmup = int(recipe["warmup_epochs"] * steps_per_epoch)
     if step < warmup:
         return recipe["lr"] * (step + 1) / warmup
     if recipe["schedule"] == "constant":
         return recipe["lr"]
+    if recipe["schedule"] == "step":
+        passed = bisect.bisect_right(list(recipe["milestones"]), step // steps_per_epoch)
+        return recipe["lr"] * recipe["gamma"] ** passed
     progress = (step - warmup) / max(1, total_steps - warmup)
     return recipe["lr"] * 0.5 * (1.0 + math.cos(math.pi * progress))
 

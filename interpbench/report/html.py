@@ -1,7 +1,8 @@
 """``report.html``: one self-contained page per results folder, readable offline.
 
-Sections, linked from a menu at the top: the leaderboard (sortable: click a header), the
-per-metric summary with intervals and ranks, every figure (embedded as a base64 PNG, with links
+Sections, linked from a menu at the top: the leaderboard (sortable: click a header; the best
+mean of a column tinted, the rows tied with it in bold), the per-metric summary with intervals,
+ranks and the tests against the best, every figure (embedded as a base64 PNG, with links
 to the PNG and SVG files beside the page), the cells, and the provenance (notes, config, git
 commits, library versions). No external script, style sheet, font or image.
 """
@@ -25,6 +26,8 @@ from interpbench.report.tables import (
     interval_sentence,
     leaderboard_entries,
     rank_sentence,
+    significance_sentences,
+    uses_significance,
 )
 from interpbench.storage import atomic_write_text
 
@@ -41,6 +44,7 @@ th { background: #f4f4f6; cursor: pointer; user-select: none; position: relative
 th[aria-sort=ascending]::after { content: " ▲"; } th[aria-sort=descending]::after { content: " ▼"; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 td.best { font-weight: 700; background: #eef7ee; }
+td.tied { font-weight: 700; }
 tbody tr:nth-child(even) { background: #fafafa; }
 figure { margin: 1.2em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { font-size: .9em; color: #444; max-width: 70em; }
@@ -118,7 +122,8 @@ def frame_table(frame: pd.DataFrame, table_id: str, formats: Optional[Dict[str, 
 
 
 def leaderboard_table(table: pd.DataFrame, higher: Dict[str, bool], summary: pd.DataFrame) -> str:
-
+    """The leaderboard's sortable table: the best mean of a column in a tinted bold cell (class
+    ``best``), the rows tied with it in bold (class ``tied``), flags linked to their notes."""
     columns, headers, rows, _ = leaderboard_entries(table, higher, summary)
     head = "".join(f"<th scope=\"col\" data-column=\"{esc(c)}\">{esc(h)}</th>" for c, h in zip(columns, headers))
     body = []
@@ -128,6 +133,8 @@ def leaderboard_table(table: pd.DataFrame, higher: Dict[str, bool], summary: pd.
             classes = [] if column in ("model", "explainer") else ["num"]
             if entry.best:
                 classes.append("best")
+            elif entry.tied:
+                classes.append("tied")
             flag = ""
             if entry.footnote:
                 flag = (f" <a class=\"flag\" href=\"#flag-{entry.footnote}\" title=\"{esc(entry.flag)}\">"
@@ -179,10 +186,12 @@ def render_html(folder: Path, data_name: str, table: pd.DataFrame, summary: pd.D
         f"<title>interpbench report: {esc(data_name)}</title><style>{STYLE}</style></head><body>",
         f"<header id=\"top\"><h1>interpbench report: {esc(data_name)}</h1><nav>{''.join(nav)}</nav></header>",
         "<section id=\"leaderboard\"><h2>Leaderboard</h2>",
-        "<p class=\"note\">Click a column header to sort. Best mean of each column highlighted.</p>",
+        "<p class=\"note\">Click a column header to sort. Best mean of each column highlighted"
+        + ("; rows tied with it in bold.</p>" if uses_significance(table, labels) else ".</p>"),
         leaderboard_table(table, higher, summary),
         f"<p class=\"note\">{esc(interval_sentence(intervals))}</p>",
-        f"<p class=\"note\">{esc(rank_sentence(labels, rank_metrics))}</p>",
+        *[f"<p class=\"note\">{esc(sentence)}</p>" for sentence in significance_sentences(summary)],
+        f"<p class=\"note\">{esc(rank_sentence(labels, rank_metrics, uses_significance(table, labels)))}</p>",
     ]
     if flags:
         parts.append("<ul class=\"note\">" + "".join(
@@ -193,8 +202,10 @@ def render_html(folder: Path, data_name: str, table: pd.DataFrame, summary: pd.D
         "</section>",
         "<section id=\"metrics\"><h2>Per metric</h2>",
         "<p class=\"note\">One row per model, explainer and metric: mean over seeds, the 95 % interval and how it "
-        "was made, the rank in the metric's direction, any flag.</p>",
-        frame_table(summary_view, "summary-table"),
+        "was made, the rank by mean in the metric's direction, the significance rank, whether the row is tied with "
+        "the column's best, the Holm-adjusted p-value against the best and how the two were compared, any "
+        "flag.</p>",
+        frame_table(summary_view, "summary-table", {"p_vs_best": ".3g"}),
         "</section>",
         f"<section id=\"figures\"><h2>Figures</h2><p class=\"note\">{figure_links}</p>",
         *[figure_block(folder, d) for d in drawn],
