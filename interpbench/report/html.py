@@ -19,6 +19,7 @@ from typing import Any, Dict, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from interpbench.report.claims import claims_html, find_claims, load_claims
 from interpbench.report.tables import (
     FLAG,
     directions,
@@ -177,6 +178,10 @@ def render_html(folder: Path, data_name: str, table: pd.DataFrame, summary: pd.D
     nav = ["<a href=\"#leaderboard\">Leaderboard</a>", "<a href=\"#metrics\">Per metric</a>",
            "<a href=\"#figures\">Figures</a>", "<a href=\"#cells\">Cells</a>",
            "<a href=\"#provenance\">Config and versions</a>"]
+    claims_path = find_claims(folder)
+    claims = load_claims(claims_path) if claims_path else None
+    if claims:
+        nav.insert(-1, "<a href=\"#claims\">Claims</a>")
     figure_links = " · ".join(f"<a href=\"#figure-{esc(d.name)}\">{esc(d.title)}</a>" for d in drawn)
     summary_view = summary.drop(columns=["data"])
     cell_view = tidy.drop(columns=["data"])
@@ -221,6 +226,17 @@ def render_html(folder: Path, data_name: str, table: pd.DataFrame, summary: pd.D
         "per-image scores and curves).</p>",
         frame_table(cell_view, "cells-table"),
         "</section>",
+    ]
+    if claims:
+        parts += [
+            "<section id=\"claims\"><h2>Claims</h2>",
+            "<p class=\"note\">Each checkable claim of the papers behind the zoo: the paper's figure, ours, the "
+            f"command that measured ours and a verdict (from <code>{esc(claims_path.name)}</code> beside the "
+            "published results).</p>",
+            claims_html(claims),
+            "</section>",
+        ]
+    parts += [
         "<section id=\"provenance\"><h2>Config and versions</h2>",
         f"<p class=\"note\">Report built at commit <code>{esc(info.get('report_git_commit'))}</code>; cells computed "
         f"at {', '.join('<code>' + esc(c) + '</code>' for c in info.get('cell_git_commits', []))}.</p>",
