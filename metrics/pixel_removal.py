@@ -7,7 +7,10 @@ the accuracy curve over the removed fraction, in [0, 1] (trapezoidal rule).
 
 ``order="least_salient_first"`` (default) removes the least salient pixels first: a faithful
 map keeps the evidence longest, so higher is better. ``order="most_salient_first"`` removes the
-evidence first, so lower is better.
+evidence first, so lower is better. The paper is not consistent about its order: §5.2's text
+says the most salient pixels are removed, while its reading of Figure 4 (accuracy that holds or
+rises as irrelevant pixels go) fits least salient first; the default follows the figure, and
+both orders are offered.
 
 Ties (``ties``, see :mod:`interpbench.metrics.base`): ``"random"`` (default) removes tied pixels
 in a random order seeded by the image, with no positional bias; ``"index"`` removes them in pixel
