@@ -1,6 +1,7 @@
 """Rebuild reports from stored cell results, without rerunning anything.
 
     python runners/report.py <sweep folder | results folder | store> [--results-dir DIR] [--store DIR]
+                             [--export-maps DIR]
 
 - a sweep folder (``<store>/sweeps/<id>/``, with ``sweep.json``): the sweep's cells, read from its
   store, written to ``<results_dir>/<data>/`` (the sweep's ``results_dir``, relative to the
@@ -15,8 +16,10 @@ Each report: ``leaderboard.{csv,md}``, ``leaderboard_tidy.csv``, ``cells.{csv,js
 The saliency grid and FA-CNN's morphing figure are drawn from the figure inputs stored beside the
 cells (``<store>/figure_inputs/``, copied into ``<results>/<data>/figure_inputs/``; the store is the
 sweep's, the one given, ``--store``, or ``$INTERPBENCH_HOME`` / ``~/.cache/interpbench``); without
-them they are skipped with a printed note. No model, dataset or explainer is loaded, nothing is
-downloaded.
+them they are skipped with a printed note. ``--export-maps DIR`` also writes the saliency maps of
+every reported cell, with the ids of the test images they explain, as one ``.npz`` per cell
+(:mod:`interpbench.report.export`; read from the same store, where a results folder has no copy of
+them). No model, dataset or explainer is loaded, nothing is downloaded.
 """
 from __future__ import annotations
 
@@ -27,9 +30,10 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from interpbench.core import CellResult, read_cell_result
+from interpbench.report.export import ExportError, map_contents
 from interpbench.report.markdown import sweep_notes
 from interpbench.report.write import write_leaderboard, write_report
-from interpbench.storage import read_json
+from interpbench.storage import atomic_write_bytes, read_json, work_dir
 
 
 class ReportError(ValueError):
@@ -123,6 +127,42 @@ def build(path: str, results_dir: Optional[str] = None, store: Optional[str] = N
                       "(<store>/sweeps/<id>), a results folder (results/<data>) or a store")
 
 
+def export_path(path: str, out_dir: str, store: Optional[str] = None) -> List[Path]:
+    """Export the maps of the cells the report of ``path`` shows (``interpbench report`` reads the same
+    paths): a sweep folder's cells from its store; a results folder's (``cells.json``, or a folder of
+    them) from ``store``, else the work directory (``$INTERPBENCH_HOME`` or ``~/.cache/interpbench``);
+    a store's newest cell per (data, model, explainer, metric, seed) from itself. ``store`` (``--store``)
+    overrides where the maps are read."""
+    folder = Path(path).expanduser()
+    given = Path(store).expanduser() if store else None
+    if (folder / "sweep.json").exists():
+        cell_store = folder.resolve().parent.parent
+        names = list((read_json(folder / "sweep.json").get("cells") or {}).values())
+        results = [read_cell_result(cell_store / "cells" / name) for name in names
+                   if (cell_store / "cells" / name).exists()]
+        groups = [(results, given or cell_store)]
+    elif (folder / "cells.json").exists() or (folder.is_dir() and not (folder / "cells").is_dir()):
+        inner = [folder] if (folder / "cells.json").exists() else sorted(p.parent for p in folder.rglob("cells.json"))
+        groups = []
+        for results_folder in inner:
+            records = read_json(results_folder / "cells.json")
+            if not isinstance(records, list):
+                raise ReportError(f"{results_folder / 'cells.json'}: not a list of cell results")
+            groups.append(([CellResult.from_json(record, source=f"{results_folder / 'cells.json'} item {index}")
+                            for index, record in enumerate(records)], given or work_dir()))
+    elif (folder / "cells").is_dir():
+        groups = [(newest_cells(sorted((folder / "cells").glob("*.json"))), given or folder)]
+    else:
+        raise ReportError(f"{path} is not a folder; give a sweep folder (with sweep.json), a results "
+                          "folder (with cells.json) or a store (with cells/)")
+    if not any(results for results, _ in groups):
+        raise ExportError(f"{path}: no cell results to export maps of")
+    contents: Dict[str, bytes] = {}
+    for results, cell_store in groups:  # all read and checked before the first file is written
+        contents.update(map_contents(results, cell_store))
+    return [atomic_write_bytes(Path(out_dir).expanduser() / name, data) for name, data in contents.items()]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="interpbench report",
@@ -132,7 +172,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--results-dir", help="for a sweep folder or a store: write to <results-dir>/<data>/ "
                                               "(default: the sweep's results_dir, else results)")
     parser.add_argument("--store", help="where the saliency grid and morphing figure find their stored inputs "
-                                        "(<store>/figure_inputs) when the results folder has no copy (default: "
+                                        "(<store>/figure_inputs) when the results folder has no copy, and "
+                                        "where --export-maps reads the maps (<store>/saliency) (default: "
                                         "the sweep's store, the store given, else $INTERPBENCH_HOME or "
                                         "~/.cache/interpbench)")
     parser.add_argument("--rank-metrics", help="comma-separated metric columns the mean rank averages "
@@ -140,11 +181,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--no-figures", action="store_true", help="tables and report.html only")
     parser.add_argument("--redraw", action="store_true", help="draw every figure again, even those whose "
                                                               "inputs are unchanged (figures.json)")
+    parser.add_argument("--export-maps", metavar="DIR", help="also write each reported cell's saliency maps, "
+                                                             "image ids and settings to "
+                                                             "DIR/<model>__<explainer>__<metric>-<key>.npz")
     args = parser.parse_args(argv)
     rank_metrics = [m.strip() for m in args.rank_metrics.split(",") if m.strip()] if args.rank_metrics else None
     try:
         written = build(args.path, args.results_dir, args.store or None, not args.no_figures, rank_metrics,
                         args.redraw)
+        exported = export_path(args.path, args.export_maps, args.store or None) if args.export_maps else []
     except (ReportError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -152,4 +197,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if name.endswith("leaderboard.md"):
             print("\n" + path.read_text())
     print("written: " + ", ".join(str(p) for p in written.values()))
+    if args.export_maps:
+        print(f"exported the maps of {len(exported)} cells to {args.export_maps}")
     return 0
