@@ -7,7 +7,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 from omegaconf import DictConfig
 
@@ -52,6 +52,18 @@ def in_sweep_store(task: Any) -> Any:
     return wrapped
 
 
+def chance_note(accuracy: float, num_classes: Optional[int]) -> str:
+    """A warning for an accuracy within a tenth of the way from chance level (1 / ``num_classes``)
+    to 1, i.e. at most ``1/K + 0.1 (1 - 1/K)``, else ``""``."""
+    if not num_classes or num_classes < 2:
+        return ""
+    chance = 1.0 / num_classes
+    if accuracy > chance + 0.1 * (1.0 - chance):
+        return ""
+    return (f" (near chance level, 1/{num_classes} = {chance:.3f}: the model has barely learned; "
+            "its explanations say little)")
+
+
 @in_sweep_store
 def train_only(cfg: Any) -> int:
     """Train (or find in the cache) every model the sweep ``cfg`` would use; print each one."""
@@ -61,7 +73,8 @@ def train_only(cfg: Any) -> int:
     store = work_dir(cfg.store)
     for spec in plan.specs.values():
         record = train_model(spec, store, device=cfg.device, progress=bool(cfg.progress))
-        print(f"{spec.model} (seed {spec.seed}): test accuracy {record['test_accuracy']:.4f}, "
+        print(f"{spec.model} (seed {spec.seed}): test accuracy {record['test_accuracy']:.4f}"
+              + chance_note(record["test_accuracy"], (record.get("config") or {}).get("num_classes")) + ", "
               f"{record['train_seconds']} s training"
               + (f" + {record['fit_seconds']} s fitting on its parent" if record.get("fit_seconds") else "")
               + f", {spec.folder(store)}")

@@ -208,3 +208,13 @@ def test_a_failing_cell_leaves_the_others_done_and_the_exit_status_says_so(tmp_p
         "model", "explainer", "seeds", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "pixel_removal",
         "pixel_removal_ci_low", "pixel_removal_ci_high", "pixel_removal_rank", "pixel_removal_sig_rank",
         "pixel_removal_tied_best", "pixel_removal_p_vs_best", "mean_rank", "mean_sig_rank", "interval"]
+
+
+def test_an_accuracy_near_chance_level_is_said_so():
+    from interpbench.sweep import chance_note
+
+    assert "near chance level, 1/10 = 0.100" in chance_note(0.125, 10)
+    assert chance_note(0.19, 10) != "" and chance_note(0.1901, 10) == ""  # 0.1 + 0.1 * 0.9
+    assert chance_note(0.9, 10) == "" and chance_note(0.56, 2) == ""
+    assert "1/2 = 0.500" in chance_note(0.55, 2) and "1/2 = 0.500" in chance_note(0.4, 2)
+    assert chance_note(0.1, None) == ""  # a record without the class count
