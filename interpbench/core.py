@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+import torch
+
 from interpbench.explainers import EXPLAINERS
 from interpbench.registry import UnknownNameError
 from interpbench.storage import plain, read_json, stable_hash
@@ -134,6 +136,17 @@ class TrainSpec:
 
 
 TARGETS = ("predicted", "label")
+
+
+def evaluation_indices(num_test: int, num_images: int, seed: int = 0) -> torch.Tensor:
+    """Which test images a cell scores: ``num_images`` of a seeded permutation, in index order.
+
+    Test sets stored class by class (an ImageFolder's sorted folders) would otherwise give a
+    prefix of one class only. The evaluation draws its images by this rule and the map export
+    (:mod:`interpbench.report.export`) recovers their ids by it, without loading the dataset.
+    """
+    order = torch.randperm(num_test, generator=torch.Generator().manual_seed(seed))
+    return order[: min(num_images, num_test)].sort().values
 
 
 @dataclass(frozen=True)

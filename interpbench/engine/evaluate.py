@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from interpbench.core import TARGETS, Cell, CellResult, explainer_label_of
+from interpbench.core import TARGETS, Cell, CellResult, evaluation_indices, explainer_label_of
 from interpbench.data import load_dataset
 from interpbench.data.base import Dataset, to_float
 from interpbench.engine.figure_inputs import store_figure_inputs
@@ -32,16 +32,6 @@ from interpbench.storage import (
     plain,
 )
 from interpbench.zoo.base import ZooModel
-
-
-def evaluation_indices(num_test: int, num_images: int, seed: int = 0) -> torch.Tensor:
-    """Which test images a cell scores: ``num_images`` of a seeded permutation, in index order.
-
-    Test sets stored class by class (an ImageFolder's sorted folders) would otherwise give a
-    prefix of one class only.
-    """
-    order = torch.randperm(num_test, generator=torch.Generator().manual_seed(seed))
-    return order[: min(num_images, num_test)].sort().values
 
 
 def evaluation_images(dataset: Dataset, num_images: int, seed: int = 0) -> Dict[str, torch.Tensor]:

@@ -36,8 +36,8 @@ atomically with fixed zip dates (the same stored results give the same bytes):
 
 The image ids are computed, not read: the evaluation picks ``min(num_images, test_images)`` of a
 permutation of the test split drawn by ``torch.randperm`` with a generator seeded with
-``eval_seed``, in index order (``interpbench.engine.evaluate.evaluation_indices``, which the tests
-compare this with). That needs the size of the test split only, which the model's record holds
+``eval_seed``, in index order (``interpbench.core.evaluation_indices``, the function the evaluation
+itself calls). That needs the size of the test split only, which the model's record holds
 (``<store>/models/<model>-<model key>/record.json``, ``test_images``), so no dataset is loaded.
 Nothing here imports a model, a dataset or an explainer; the maps are read with
 ``torch.load(weights_only=True)`` after checking them against their sidecar manifest.
@@ -52,7 +52,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
-from interpbench.core import DATA_KEYS_NOT_IN_IDENTITY, CellResult
+
+from interpbench.core import DATA_KEYS_NOT_IN_IDENTITY, CellResult, evaluation_indices
 from interpbench.integrity import entry_problem, sha256_file, sidecar_path
 from interpbench.report.inputs import saliency_key
 from interpbench.storage import atomic_write_bytes, read_json
@@ -81,12 +82,9 @@ def saliency_file(result: CellResult, store: Path) -> Path:
 
 
 def evaluation_ids(test_images: int, num_images: int, eval_seed: int) -> np.ndarray:
-    """The test-split indices a cell scores (int64, ascending): the rule of
-    ``interpbench.engine.evaluate.evaluation_indices``, drawn without loading the dataset."""
-    import torch
-
-    order = torch.randperm(test_images, generator=torch.Generator().manual_seed(eval_seed))
-    return order[: min(num_images, test_images)].sort().values.numpy().astype(np.int64)
+    """The test-split indices a cell scores (int64, ascending), by the evaluation's own rule
+    (:func:`interpbench.core.evaluation_indices`), without loading the dataset."""
+    return evaluation_indices(test_images, num_images, eval_seed).numpy().astype(np.int64)
 
 
 def _remedy(store: Path) -> str:
