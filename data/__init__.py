@@ -1,7 +1,8 @@
 """Dataset loaders: ``synthetic`` (built in), ``cifar10``, ``cifar100``, ``imagefolder``.
 
 Each loader is registered in ``DATASETS`` and returns a :class:`data.base.Dataset` of uint8
-tensors, decoded once and cached under the work directory.
+tensors, decoded once and cached under the work directory; the images are read-only memory maps
+of the cached files, shared by every process that loads them.
 """
 from __future__ import annotations
 

@@ -3,7 +3,8 @@
 Under ``root`` the loader looks, in order, for torchvision's extracted archive
 (``cifar-10-batches-py`` / ``cifar-100-python``), then for an ImageFolder layout
 (``train/<class>/*`` and ``test/<class>/*``), then downloads with torchvision. Offline with
-nothing found, it fails with one line naming the paths it tried.
+nothing found, it fails with one line naming the paths it tried. The cache key covers each
+file's relative path, size and modification time, so that replaced files are decoded again.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from interpbench.data.base import (
     cached_dataset,
     channel_stats,
 )
-from interpbench.data.folders import decode_split_folders, folder_fingerprint
+from interpbench.data.folders import decode_split_folders, files_fingerprint, folder_fingerprint
 from interpbench.storage import store_dir
 
 _ARCHIVE_FOLDER = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
@@ -50,7 +51,9 @@ def load_cifar(name: str, root: Optional[str], download: bool) -> Dataset:
     test_dir = next((base / s for s in ("test", "val") if (base / s).is_dir()), base / "test")
 
     if archive.is_dir():
-        key = {"layout": "torchvision", "root": str(base)}
+        # the batch files' names, sizes and modification times: a replaced file decodes again
+        batches = sorted(p for p in archive.iterdir() if p.is_file() and not p.name.startswith("."))
+        key = {"layout": "torchvision", "root": str(base), "files": files_fingerprint(archive, batches)}
         build = lambda: _from_torchvision(name, base)  # noqa: E731
     elif (base / "train").is_dir() and test_dir.is_dir():
         key = {"layout": "imagefolder", "root": str(base),

@@ -168,8 +168,13 @@ def hydra_entry(task: Callable[[DictConfig], int], arguments: Optional[Sequence[
 
 
 def sweep_main(arguments: Optional[Sequence[str]] = None) -> None:
-    """``interpbench sweep <overrides>`` runs the sweep; with ``--status`` it reports on it."""
+    """``interpbench sweep <overrides>`` runs the sweep; with ``--status`` it reports on it; ``--plan``
+    prints the preflight table (each job's estimated time and memory) and stops; ``--force`` runs jobs
+    the preflight would refuse."""
     arguments = list(sys.argv[1:] if arguments is None else arguments)
+    for flag in ("--plan", "--force"):
+        if flag in arguments:
+            arguments = [a for a in arguments if a != flag] + [f"preflight={flag[2:]}"]
     if "--status" in arguments:
         arguments.remove("--status")
         hydra_entry(sweep_status, arguments)

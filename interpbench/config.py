@@ -208,7 +208,8 @@ def check_section(prefix: str, node: Any, schema: Schema, optional: Optional[Map
         raise ConfigError(f"{prefix} must be a mapping with keys {', '.join(sorted(schema))}, got {show(node)}")
     for key in node:
         if key not in schema and key not in optional:
-            raise ConfigError(unknown_key_message(_join(prefix, key), [*schema, *optional]))
+            shown = [name for name in [*schema, *optional] if _join(prefix, name) not in RECORDED_KEYS]
+            raise ConfigError(unknown_key_message(_join(prefix, key), shown))
     for key, entry in [*schema.items(), *optional.items()]:
         if key not in node:
             if key in optional:
@@ -268,6 +269,13 @@ def check_recipe_section(prefix: str, recipe: Any) -> None:
         raise ConfigError(str(error)) from None
 
 PROFILE: Schema = {"name": rule("str"), "size": rule("str"), "eval": EVAL, "recipes": rule("mapping")}
+# Keys a profile may leave out: the largest image side it works at (larger data are decoded at this
+# size), and what the planner records (the images' size, the size the data asked for; not offered
+# as valid keys in messages: nobody sets them).
+RECORDED_KEYS = frozenset({"profile.image_size", "profile.image_size_asked"})
+PROFILE_OPTIONAL = {"max_image_size": rule("int", null=True, least=8),
+                    "image_size": rule("list", null=True, items=frozenset({"int"})),
+                    "image_size_asked": rule("int", null=True)}
 
 LAUNCHER_SCHEMAS: Dict[str, Schema] = {
     "debug": {"name": rule("str")},
@@ -309,6 +317,8 @@ TOP_LEVEL: Schema = {
     "store": rule("str", null=True),
     "results_dir": rule("str"),
     "progress": rule("bool"),
+    "preflight": rule("str", choices=("check", "plan", "force", "off")),
+    "checkpoint_every_min": rule("float", least=0),
     "plugins": rule("list", items=frozenset({"str"}), text="a list of paths to .py files"),
     "data": rule("mapping"),
     "profile": rule("mapping"),
@@ -517,7 +527,7 @@ def validate(cfg: Any) -> None:
     check_device(values["device"], "here" if values["launcher"].get("name") != "slurm" else "cluster")
 
     profile = values["profile"]
-    check_section("profile", profile, PROFILE)
+    check_section("profile", profile, PROFILE, PROFILE_OPTIONAL)
     sizes = zoo_sizes()
     problem = check_value("profile.size", profile["size"], rule("str", choices=tuple(sizes)))
     if problem:

@@ -87,8 +87,14 @@ class TrainSpec:
         version = model_version(self.model)
         if version is not None:  # a registered architecture's revision (absent: keys as before)
             identity["model_version"] = version
+        side = data.get("image_size")
+        augment = str(plain(self.recipe).get("augment", "")) if self.recipe else ""
+        if isinstance(side, int) and side >= 64 and augment in ("crop_flip", "auto"):
+            # from 64 px, crop_flip is a random resized crop (it was pad-and-crop): other weights
+            identity["augment_version"] = 2
         if self.weights is not None:  # the file's content fixes the weights: no recipe, no parent
             del identity["recipe"]
+            identity.pop("augment_version", None)
             identity["weights_sha256"] = self.weights["sha256"]
             return identity
         if self.parent is not None:

@@ -13,9 +13,10 @@ from omegaconf import DictConfig
 
 from interpbench.config import ConfigError, validate
 from interpbench.engine.plan import plan_or_report
+from interpbench.engine.preflight import preflight
 from interpbench.engine.train import train_model
 from interpbench.integrity import cell_done, cell_result, model_trained, verify_store
-from interpbench.launch.base import Launcher, SweepWork
+from interpbench.launch.base import Launcher, SweepWork, train_options
 from interpbench.launch.local import DebugLauncher, LocalLauncher
 from interpbench.launch.slurm import SlurmLauncher
 from interpbench.launch.slurm_client import (
@@ -72,7 +73,7 @@ def train_only(cfg: Any) -> int:
         return 2
     store = work_dir(cfg.store)
     for spec in plan.specs.values():
-        record = train_model(spec, store, device=cfg.device, progress=bool(cfg.progress))
+        record = train_model(spec, store, device=cfg.device, progress=bool(cfg.progress), **train_options(cfg))
         print(f"{spec.model} (seed {spec.seed}): test accuracy {record['test_accuracy']:.4f}"
               + chance_note(record["test_accuracy"], (record.get("config") or {}).get("num_classes")) + ", "
               f"{record['train_seconds']} s training"
@@ -114,6 +115,9 @@ def run_sweep(cfg: DictConfig) -> int:
           f"({sum(len(m) for m in missing.values())} to compute); folder {sweep_dir}")
     if plan.skipped:
         print(f"not applicable, skipped: {', '.join(plan.skipped)}")
+    go_on, _ = preflight(plan, todo, untrained, missing, cfg, store)
+    if not go_on:
+        return 0 if str(cfg.get("preflight")) == "plan" else 2
 
     outcomes = []
     if todo:
@@ -141,26 +145,92 @@ def run_sweep(cfg: DictConfig) -> int:
     if failed_cells:
         atomic_write_json(sweep_dir / "failures.json", failed_cells)
     results = [result for result in (cell_result(c, store) for c in cells) if result is not None]
+    warnings: List[str] = []
+    reports: List[Path] = []
     if results:
         results_dir = Path(cfg.results_dir)
         if not results_dir.is_absolute():
             results_dir = Path(os.getcwd()) / results_dir
         config = plain(cfg)
         written = write_leaderboard(results, results_dir, notes=sweep_notes(config, git_commit()), store=store,
-                                    config=config)
-        for name, path in written.items():
-            if name.endswith("leaderboard.md"):
-                print("\n" + path.read_text())
-        print("written: " + ", ".join(str(p) for p in written.values()))
+                                    config=config, log=warnings.append)
+        for name, path in sorted(written.items()):
+            if name.endswith("/leaderboard.csv"):
+                print("\n" + top_rows(path))
+            if name.endswith("/report.html"):
+                reports.append(path)
+        print(f"written: {len(written)} files under {results_dir}")
+    warnings = result_warnings(results, plan.num_classes) + warnings
     missing_after = len(cells) - len(results)
+    if warnings:
+        print("\nwarnings:")
+        for warning in dict.fromkeys(warnings):
+            print(f"  - {warning}")
     print(f"{len(results)}/{len(cells)} cells done in {time.time() - began:.1f} s")
+    status = 0
     if failures or missing_after:
         for failure in failures:
             print(failure, file=sys.stderr)
         print(f"error: {missing_after} of {len(cells)} cells failed or are missing; "
               "rerun the same command to retry them", file=sys.stderr)
-        return 1
-    return 0
+        status = 1
+    sys.stderr.flush()
+    for path in reports:
+        print(f"report: {path}")
+    return status
+
+
+def result_warnings(results: List[Any], num_classes: Optional[int]) -> List[str]:
+    """What a researcher must not miss, once each: models near chance level, flagged cells."""
+    lines: List[str] = []
+    accuracies = {}
+    for result in results:
+        accuracies.setdefault(f"{result.model} (seed {result.seed})", result.test_accuracy)
+    for name, accuracy in sorted(accuracies.items()):
+        note = chance_note(float(accuracy), num_classes) if accuracy is not None else ""
+        if note:
+            lines.append(f"{name}: test accuracy {float(accuracy):.3f}{note}")
+    flagged: Dict[str, List[str]] = {}
+    for result in results:
+        if result.flag:
+            flagged.setdefault(str(result.flag), []).append(f"{result.model}/{result.explainer} ({result.label})")
+    for flag, where in flagged.items():
+        lines.append(f"{flag}: {', '.join(sorted(set(where)))}")
+    return lines
+
+
+def top_rows(csv_path: Path, count: int = 5) -> str:
+    """The leaderboard's best ``count`` rows by mean rank (at most four metric columns), as text."""
+    import pandas as pd
+
+    board = pd.read_csv(csv_path)
+    rank = "mean_sig_rank" if "mean_sig_rank" in board and board["mean_sig_rank"].notna().any() else "mean_rank"
+    board = board.sort_values([rank, "model", "explainer"], kind="stable")
+    metrics = [c[: -len("_ci_low")] for c in board.columns if c.endswith("_ci_low") and c != "accuracy_ci_low"]
+    shown = pd.DataFrame({"model": board["model"], "explainer": board["explainer"],
+                          "accuracy": board["accuracy"].map(lambda v: f"{v:.3f}")})
+    for metric in metrics[:4]:
+        half = (board[f"{metric}_ci_high"] - board[f"{metric}_ci_low"]) / 2
+        shown[metric] = [plus_minus(v, h) for v, h in zip(board[metric], half)]
+    if len(metrics) > 1:
+        shown["mean rank"] = board[rank].map(lambda v: f"{v:.1f}")
+    more = f", {len(metrics) - 4} more metrics" if len(metrics) > 4 else ""
+    head = (f"leaderboard {csv_path.parent.name}: top {min(count, len(board))} of {len(board)} rows by "
+            f"{'mean rank' if len(metrics) > 1 else metrics[0] if metrics else 'rank'}{more} "
+            f"(all of it: {csv_path.with_suffix('.md')})")
+    return head + "\n" + shown.head(count).to_string(index=False)
+
+
+def plus_minus(value: float, half: float) -> str:
+    """``value ± half`` with the half-width to two significant digits, the value to the same place."""
+    if value != value:
+        return "–"
+    if half != half or half <= 0:
+        return f"{value:.3f}"
+    import math
+
+    places = max(0, 1 - int(math.floor(math.log10(half))))
+    return f"{value:.{places}f} ± {half:.{places}f}"
 
 
 @in_sweep_store

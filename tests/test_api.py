@@ -210,7 +210,9 @@ def test_the_readme_sweep_returns_the_leaderboard_of_its_stored_cells(home, caps
         assert cell["num_images"] == 20 and len(cell["per_image"]) == 20
         assert cell["cell"]["train"]["data"]["num_train"] == 300
         assert cell["cell"]["train"]["model_args"] == {"depth": 3, "channels": 10}
-    assert "| fa_cnn | gradcam |" in capsys.readouterr().out  # the command's leaderboard, printed
+    printed = capsys.readouterr().out.strip().splitlines()  # the command's leaderboard's top, then the report
+    assert any(line.startswith("leaderboard synthetic: top 4 of 4 rows") for line in printed)
+    assert f"report: {folder / 'results' / 'synthetic' / 'report.html'}" in printed
 
     # A failing cell: the others are kept (nothing is trained or computed again), the error names status 1.
     class AlwaysFails(Metric):

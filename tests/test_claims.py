@@ -96,4 +96,4 @@ def test_a_report_under_a_claims_file_shows_the_claims(tmp_path):
     assert find_claims(folder) == tmp_path / "results" / "claims.json"
     build(str(folder), figures=False)
     page = (folder / "report.html").read_text()
-    assert "<section id=\"claims\">" in page and "a claim seen in the report" in page
+    assert "<details id=\"claims\">" in page and "a claim seen in the report" in page

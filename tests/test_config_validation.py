@@ -27,8 +27,8 @@ from interpbench.sweep import run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU = torch.cuda.is_available()
-TOP_KEYS = ("data, device, explainer, explainers, launcher, metric, metrics, model_args, plugins, profile, progress, "
-            "results_dir, seeds, store, zoo")
+TOP_KEYS = ("checkpoint_every_min, data, device, explainer, explainers, launcher, metric, metrics, model_args, plugins, "
+            "preflight, profile, progress, results_dir, seeds, store, zoo")
 
 
 def compose_config(overrides=()):
@@ -163,8 +163,8 @@ def test_slurm_sweeps_do_not_need_a_gpu_on_the_login_node(monkeypatch):
      "unknown key metrics.pixel_removal.stepz; valid keys: baseline, order, steps, ties"),
     (["explainers.gradcam.reluu=true"], "unknown key explainers.gradcam.reluu; valid keys: relu"),
     (["+explainers.gradcam.reluu=true"], "unknown key explainers.gradcam.reluu; valid keys: relu"),
-    (["profile.evall.seed=1"], "unknown key profile.evall; valid keys: eval, name, recipes, size"),
-    (["+profile.evall.seed=1"], "unknown key profile.evall; valid keys: eval, name, recipes, size"),
+    (["profile.evall.seed=1"], "unknown key profile.evall; valid keys: eval, max_image_size, name, recipes, size"),
+    (["+profile.evall.seed=1"], "unknown key profile.evall; valid keys: eval, max_image_size, name, recipes, size"),
     (["profile.eval.num_image=3"],
      "unknown key profile.eval.num_image; valid keys: batch_size, num_images, seed, target"),
     (["profile.recipes.fa_minimal.epoch=3"], "unknown key profile.recipes.fa_minimal.epoch; valid keys: "

@@ -256,10 +256,17 @@ def test_clearly_different_rows_are_not_tied_and_noise_is(higher):
 
     markdown = to_markdown(table, directions(tidy), "t", summary)
     shown = markdown_cells(markdown)
-    for key in (("a", "native"), ("a", "gradcam")):
-        assert shown[key][3].startswith("**") and shown[key][3].endswith(" (1)") and shown[key][4] == "**1.0**"
-    for key in (("b", "native"), ("b", "gradcam")):
-        assert "**" not in shown[key][3] and shown[key][3].endswith(" (3)") and shown[key][4] == "3.0"
+    # Rows by significance rank, ties by the mean in the metric's direction (b/gradcam's noise
+    # sums to +0.02 in its favour); one metric: no mean-rank column; three decimals, as the
+    # intervals' half-widths (0.025 to 0.028) have two significant digits.
+    minus = "" if higher else "-"
+    assert list(shown) == [("a", "native"), ("a", "gradcam"), ("b", "gradcam"), ("b", "native")]
+    assert f"| model | explainer | accuracy ↑ | m {'↑' if higher else '↓'} |" in markdown.splitlines()
+    assert [cells[2:] for cells in shown.values()] == [
+        ["**0.900**", f"**{minus}0.744** ± 0.026 (1)"], ["**0.900**", f"**{minus}0.743** ± 0.025 (1)"],
+        ["**0.900**", f"{minus}0.446 ± 0.028 (3)"], ["**0.900**", f"{minus}0.446 ± 0.027 (3)"]]
+    assert (f"- **m {'↑' if higher else '↓'}**: best **a × native**, {minus}0.744 ± 0.026, tied with a × gradcam "
+            f"({minus}0.743 ± 0.025; p = 1). Accuracy cost: none (a is the most accurate model, 0.900).") in markdown
     assert "Holm's correction over all pairs of rows of the column, α = 0.05" in markdown
     assert 'zero differences dropped, `zero_method="wilcox"`' in markdown
     assert "(n): significance rank in the column: 1 for the best mean and every row tied with it (bold), " \
@@ -292,7 +299,9 @@ def test_a_column_of_one_row_ranks_it_first_and_tied():
     row = table.iloc[0]
     assert (row["m_rank"], row["m_sig_rank"], bool(row["m_tied_best"])) == (1, 1, True)
     assert math.isnan(row["m_p_vs_best"]) and summary["vs_best"].tolist() == ["best"]
-    assert "**0.3000** ± " in to_markdown(table, {"m": True}, "t", summary)
+    markdown = to_markdown(table, {"m": True}, "t", summary)
+    assert markdown_cells(markdown)[("a", "native")] == ["a", "native", "**0.900**", "**0.30** ± 0.10 (1)"]
+    assert "best **a × native**, 0.30 ± 0.10, the only row with a score." in markdown
 
 
 def test_undefined_per_image_scores_are_dropped_pair_by_pair():

@@ -15,7 +15,7 @@ import torch
 from conftest import TINY_DATA, TINY_RECIPE, random_fa_cnn
 
 from interpbench.core import CellResult
-from interpbench.report.stats import bootstrap_interval
+from interpbench.report.stats import bootstrap_interval, with_interval
 from interpbench.report.tables import (
     OVER_IMAGES,
     OVER_SEEDS,
@@ -184,9 +184,23 @@ def test_tables_match_the_stored_cells(tmp_path):
     markdown = (folder / "leaderboard.md").read_text()
     best = by_cell[("alpha", "native", "pixel_removal")]
     low, high = hand_bootstrap(best.per_image)
+    # half-width 0.0123: two significant digits, 0.012, and the mean to the same place
+    assert (f"{best.score:.3f}", f"{(high - low) / 2:.4f}") == ("0.880", "0.0123")
     line = next(line for line in markdown.splitlines() if line.startswith("| alpha | native |"))
-    assert f"**{best.score:.4f}** ± {(high - low) / 2:.4f} (1)" in line
+    assert line == ("| alpha | native | **0.950** | **0.102** ± 0.014 (1) | **0.898** ± 0.014 (1) "
+                    "| **0.49** ± 0.10 (1) | **0.880** ± 0.012 (1) | **1.0** |")
     assert "pixel_removal ↑" in markdown and "deletion ↓" in markdown and "mean rank ↓" in markdown
+    # rows by mean significance rank (1.0, 1.75, 2.5, 3, 5, 6), best first; the CSV keeps them by name
+    shown = [tuple(c.strip() for c in line.split("|")[1:3]) for line in markdown.splitlines()
+             if line.startswith("| ") and not line.startswith("| model")]
+    assert shown == [("alpha", "native"), ("beta", "native"), ("gamma", "native"), ("alpha", "random"),
+                     ("beta", "random"), ("gamma", "random")]
+    assert markdown.startswith(
+        "# Leaderboard: synthetic\n\n- **deletion ↓**: best **alpha × native**, 0.102 ± 0.014, significantly "
+        "better than the runner-up beta × native (0.290 ± 0.017; p = 5.5e-11). Accuracy cost: none (alpha is the "
+        "most accurate model, 0.950).\n")
+    assert ("- **model_randomisation ↓**: best **alpha × native**, 0.49 ± 0.10, tied with beta × native "
+            "(0.54 ± 0.10; p = 1) and 1 more row.") in markdown
     header = next(line for line in markdown.splitlines() if line.startswith("| model |"))
     beta = next(line for line in markdown.splitlines() if line.startswith("| beta | native |"))
     column = [c.strip() for c in header.split("|")].index("model_randomisation ↓")
@@ -215,12 +229,20 @@ def test_figures_are_registered_functions_that_say_what_applies(tmp_path):
     from interpbench.report.figures import FIGURES, FigureContext, StoredInputs
 
     assert [f.__name__ for f in FIGURES] == ["metric_curves", "insertion_deletion", "accuracy_vs_faithfulness",
-                                             "saliency_grid_figure", "fa_cnn_morphing"]
+                                             "rank_heatmap", "saliency_grid_figure", "fa_cnn_morphing"]
     removal_only = [r for r in fake_results() if r.label == "pixel_removal"]
     context = FigureContext(removal_only, tmp_path, None, None, StoredInputs(removal_only, tmp_path, tmp_path))
     planned = {f.__name__: [p.name for p in f(context)] for f in FIGURES}
+    # one metric: no rank heatmap; no model of the fa_cnn family: no morphing figure
     assert planned == {"metric_curves": ["pixel_removal_curves"], "insertion_deletion": [],
-                       "accuracy_vs_faithfulness": ["accuracy_vs_faithfulness"],
+                       "accuracy_vs_faithfulness": ["accuracy_vs_faithfulness"], "rank_heatmap": [],
+                       "saliency_grid_figure": ["saliency_grid"], "fa_cnn_morphing": []}
+    everything = fake_results() + [fake_cell("fa_cnn", "native", "pixel_removal", [0.5, 0.6])]
+    context = FigureContext(everything, tmp_path, None, None, StoredInputs(everything, tmp_path, tmp_path))
+    planned = {f.__name__: [p.name for p in f(context)] for f in FIGURES}
+    assert planned == {"metric_curves": ["pixel_removal_curves"],
+                       "insertion_deletion": ["insertion_deletion"],
+                       "accuracy_vs_faithfulness": ["accuracy_vs_faithfulness"], "rank_heatmap": ["rank_heatmap"],
                        "saliency_grid_figure": ["saliency_grid"], "fa_cnn_morphing": ["fa_cnn_morphing"]}
 
 
@@ -228,12 +250,14 @@ def test_insertion_deletion_figure_has_one_panel_each(tmp_path):
     from interpbench.report.figures import curves_figure
 
     figure = curves_figure(fake_results(), ["insertion", "deletion"])
-    titles = [axes.get_title() for axes in figure.axes if axes.get_visible()]
+    titles = [axes.get_title() for axes in figure.axes if axes.axison]  # the legend's holder has no axis
     assert titles == ["insertion: native (higher is better)", "deletion: native (lower is better)"]
     lines = figure.axes[0].get_lines()
     dashed = [line for line in lines if line.get_linestyle() == "--"]
-    assert len(lines) == 6 and len(dashed) == 3  # a line per model, its random baseline dashed
+    assert len(lines) == 6 and len(dashed) == 3  # three models: a line each, its random baseline dashed
+    assert [line.get_color() for line in dashed] == [line.get_color() for line in lines if line not in dashed]
     assert list(lines[0].get_xdata()) == [0.0, 25.0, 50.0, 75.0, 100.0]
+    assert list(lines[0].get_ydata()) == [0.1, 0.3, 0.5 + 0.9 / 3, 0.8, 0.9]  # alpha/native's insertion curve
     with pytest.raises(ValueError, match="no curves for nope; labels with curves: deletion, insertion, pixel_removal"):
         curves_figure(fake_results(), ["nope"])
 
@@ -430,7 +454,8 @@ window.addEventListener('load', function () {
   out.setAttribute('data-images', images.length);
   out.setAttribute('data-decoded', images.filter(function (i) {
     return i.complete && i.naturalWidth > 0 && i.naturalHeight > 0; }).length);
-  out.setAttribute('data-boxes', images.filter(function (i) { return i.hasAttribute('data-figure'); }).map(function (i) {
+  var figures = images.filter(function (i) { return i.hasAttribute('data-figure'); });
+  out.setAttribute('data-boxes', figures.map(function (i) {
     var r = i.getBoundingClientRect();
     return [r.left + window.scrollX, r.top + window.scrollY, r.width, r.height].map(Math.round).join(' ');
   }).join(','));
@@ -440,10 +465,11 @@ window.addEventListener('load', function () {
   var header = table.tHead.rows[0].cells[3];
   function column() { return Array.prototype.map.call(table.tBodies[0].rows, function (r) {
     return r.cells[3].getAttribute('data-value'); }).join(','); }
+  out.setAttribute('data-initial', column());
   header.click();
-  out.setAttribute('data-ascending', column());
+  out.setAttribute('data-first-click', column());
   header.click();
-  out.setAttribute('data-descending', column());
+  out.setAttribute('data-second-click', column());
   document.body.appendChild(out);
 });
 </script>"""
@@ -479,21 +505,28 @@ def test_report_renders_in_headless_chromium(built_report, tmp_path):
     boxes = [[int(v) for v in box.split()] for box in reader.check["data-boxes"].split(",")]
     assert all(width > 300 and height > 150 for _, _, width, height in boxes)  # laid out at a readable size
     assert int(reader.check["data-table-height"]) > 50
-    # The leaderboard's numbers are the stored cells' scores.
+    # The leaderboard's numbers are the stored cells' scores, shown to the digits their interval
+    # supports (with_interval, known answers in test_report_page.py), with the significance rank.
     by_explainer = {r.explainer: r for r in results}
+    board = pd.read_csv(folder / "leaderboard.csv").set_index("explainer")
     assert len(reader.rows) == 4  # the header row and one per explainer
+    assert [column for column, _, _ in reader.rows[1]] == ["model", "explainer", "accuracy", "pixel_removal"]
     for row in reader.rows[1:]:
         cells = {column: (value, text) for column, value, text in row}
         cell = by_explainer[cells["explainer"][0]]
         value, text = cells["pixel_removal"]
         assert float(value) == pytest.approx(cell.score, abs=1e-12)
-        assert text.startswith(f"{cell.score:.4f} ± ")
+        stored = board.loc[cell.explainer]
+        half = (stored["pixel_removal_ci_high"] - stored["pixel_removal_ci_low"]) / 2
+        assert text == f"{with_interval(cell.score, half)} ({int(stored['pixel_removal_sig_rank'])})"
         assert float(cells["accuracy"][0]) == cell.test_accuracy
-    # Clicking the header sorts the rows by the numbers, then in reverse.
-    ascending = [float(v) for v in reader.check["data-ascending"].split(",")]
-    descending = [float(v) for v in reader.check["data-descending"].split(",")]
-    assert ascending == sorted(v for v in ascending) and descending == ascending[::-1]
-    assert ascending[0] < ascending[-1]
+    # Rows by rank, best first; the first click on the (higher is better) column sorts it best
+    # first, the second in reverse.
+    initial = [float(v) for v in reader.check["data-initial"].split(",")]
+    assert initial[0] == max(initial)
+    first = [float(v) for v in reader.check["data-first-click"].split(",")]
+    second = [float(v) for v in reader.check["data-second-click"].split(",")]
+    assert first == sorted(first, reverse=True) and second == first[::-1] and first[0] > first[-1]
 
     # A screenshot of the whole page: the table and every figure are drawn (many colours where
     # each image was laid out), not left blank.

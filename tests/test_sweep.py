@@ -218,3 +218,84 @@ def test_an_accuracy_near_chance_level_is_said_so():
     assert chance_note(0.9, 10) == "" and chance_note(0.56, 2) == ""
     assert "1/2 = 0.500" in chance_note(0.55, 2) and "1/2 = 0.500" in chance_note(0.4, 2)
     assert chance_note(0.1, None) == ""  # a record without the class count
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["debug", "local"])
+def test_the_console_shows_each_job_and_ends_with_the_report(tmp_path, capsys, monkeypatch, launcher):
+    """Captured (not a terminal): plain progress lines per model job (its training epochs, its
+    cells), the leaderboard's top rows, and the report's path on the last line."""
+    import interpbench.console as console
+
+    monkeypatch.setattr(console, "POLL_S", 0.05)
+    cfg = tiny(tmp_path, "zoo=[fa_cnn,resnet18]", "explainer=[gradcam,random]", f"launcher={launcher}",
+               "progress=true")
+    assert run_sweep(cfg) == 0
+    out = capsys.readouterr().out
+    lines = out.strip().splitlines()
+    assert lines[-1] == f"report: {tmp_path / 'results' / 'synthetic' / 'report.html'}"
+    assert lines[-2].startswith("4/4 cells done in ")
+    for model in ("fa_cnn", "resnet18"):
+        assert f"       {model}/seed0: train epoch 1/1" in out  # its training, seen while it ran
+        assert any(line.startswith(f"done   {model}/seed0: test accuracy ") and "2/2 cells" in line
+                   for line in lines)
+    assert "cells 4/4 [####################] 100%  jobs 2/2 done" in out
+    top = lines.index(next(line for line in lines if line.startswith("leaderboard synthetic: top 4 of 4 rows")))
+    header, first = lines[top + 1].split(), lines[top + 2].split()
+    assert header[:4] == ["model", "explainer", "accuracy", "pixel_removal"]
+    board = pd.read_csv(tmp_path / "results" / "synthetic" / "leaderboard.csv")
+    best = board.sort_values(["mean_sig_rank", "model", "explainer"]).iloc[0]
+    assert first[:2] == [best.model, best.explainer]
+    assert "figure skipped" not in out  # nothing asked for was left out
+    assert "\x1b[" not in out  # no terminal control codes in a log
+
+
+def test_plain_console_lines_and_eta_from_measured_progress(tmp_path):
+    """The ETA: a job 50 % through after 10 s has 10 s left; a queued job of equal work the same."""
+    import io
+    import json
+    import time
+
+    from interpbench.console import JobView, LiveConsole, clock, describe
+
+    assert clock(None) == "--:--" and clock(75) == "1:15" and clock(3725) == "1:02:05"
+    assert clock(3 * 86400 + 5 * 3600 + 59) == "3 d 5 h"
+    assert describe({"stage": "train", "epoch": 2, "epochs": 5, "step": 10, "steps": 40, "loss": 1.23456,
+                     "accuracy": 0.5}) == "train epoch 2/5 step 10/40  loss 1.235  acc 0.500"
+    assert describe({"stage": "explain", "explainer": "gradcam", "images_done": 100, "images": 500,
+                     "cells_done": 0, "cells": 3}) == "explain gradcam  images 100/500  cell 1/3"
+    status = tmp_path / "a.json"
+    now = time.time()
+    status.write_text(json.dumps({"stage": "train", "epoch": 1, "epochs": 1, "step": 50, "steps": 100,
+                                  "time": now}))
+    jobs = [JobView("a", status, train_units=100.0), JobView("b", tmp_path / "b.json", train_units=100.0)]
+    stream = io.StringIO()
+    view = LiveConsole(jobs, parallel=1, stream=stream, tty=False)
+    view.job_started("a")
+    jobs[0].started = now - 10.0
+    view._refresh()
+    assert jobs[0].fraction() == pytest.approx(0.5)
+    # a: 10 s spent for half its work, 10 s left; b: 100 units at a's 0.2 s per unit, 20 s
+    assert view.eta() == pytest.approx(30.0, abs=0.5)
+    view.parallel = 2
+    assert view.eta() == pytest.approx(15.0, abs=0.5)
+    view._plain()
+    assert stream.getvalue() == "       a: train epoch 1/1 step 50/100\n"
+    view._plain()  # nothing new: nothing printed
+    assert stream.getvalue().count("\n") == 1
+
+
+def test_checkpoint_every_min_reaches_the_jobs_and_a_bad_value_is_one_line(tmp_path, capsys):
+    from interpbench.engine.plan import plan_sweep
+    from interpbench.launch.base import SweepWork
+    from interpbench.launch.local import model_jobs
+
+    cfg = tiny(tmp_path, "zoo=fa_cnn", "checkpoint_every_min=0.5")
+    plan = plan_sweep(cfg)
+    work = SweepWork(plan=plan, todo=list(plan.specs), missing=plan.cells, store=tmp_path / "store",
+                     sweep_dir=tmp_path / "sweep", cfg=cfg)
+    (name, job), = model_jobs(work, threads=1)
+    assert name == "fa_cnn/seed0" and job.checkpoint_every_s == 30.0
+    assert job.status_file == str(tmp_path / "sweep" / "progress" / "fa_cnn_seed0.json")
+    assert run_sweep(tiny(tmp_path, "zoo=fa_cnn", "checkpoint_every_min=-1")) == 2
+    assert capsys.readouterr().err == "error: checkpoint_every_min must be >= 0, got -1\n"

@@ -6,10 +6,14 @@ from conftest import TINY_DATA, TINY_RECIPE
 from interpbench.core import TrainSpec
 from interpbench.engine.train import (
     check_recipe,
+    crop_flip,
     learning_rate,
     load_trained,
     multiply_accumulates,
     random_crop_flip,
+    random_resized_crop_flip,
+    resized_crop_boxes,
+    resized_crops,
     train_model,
 )
 from interpbench.zoo import create_model
@@ -29,18 +33,19 @@ def test_training_is_cached_by_everything_that_determines_the_weights(store):
     assert train_model(first, store, progress=False) == record  # a cache hit trains nothing
     assert (first.folder(store) / "model.pt").stat().st_mtime_ns == stamp
     assert spec(lr=0.05).key() != first.key() and spec().key() == first.key()
-    assert TrainSpec("fa_cnn", dict(TINY_DATA, download=False), TINY_RECIPE, model_args={"depth": 3, "channels": 10}).key() \
-        == first.key()  # where the data comes from is not part of the key
+    elsewhere = TrainSpec("fa_cnn", dict(TINY_DATA, download=False), TINY_RECIPE,
+                          model_args={"depth": 3, "channels": 10})
+    assert elsewhere.key() == first.key()  # where the data comes from is not part of the key
 
 
 def test_an_interrupted_run_resumes_to_the_same_weights(store, tmp_path):
     interrupted = spec(epochs=3)
-    partial = train_model(interrupted, store, progress=False, stop_after_epochs=1)
+    partial = train_model(interrupted, store, device="cpu", progress=False, stop_after_epochs=1)
     assert partial == {"finished": False, "epoch": 1, "folder": str(interrupted.folder(store))}
     assert (interrupted.folder(store) / "last.pt").exists()
-    resumed = train_model(interrupted, store, progress=False)
+    resumed = train_model(interrupted, store, device="cpu", progress=False)
     assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
-    straight = train_model(interrupted, tmp_path / "other", progress=False)
+    straight = train_model(interrupted, tmp_path / "other", device="cpu", progress=False)
     a = torch.load(interrupted.folder(store) / "model.pt", weights_only=False)["model"]
     b = torch.load(interrupted.folder(tmp_path / "other") / "model.pt", weights_only=False)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -180,6 +185,136 @@ def test_random_crop_flip_moves_pixels_without_changing_them():
     assert torch.equal(out, same)
     assert torch.equal(random_crop_flip(x, torch.Generator().manual_seed(0), pad=0)[0, 0].sort(-1).values,
                        x[0, 0].sort(-1).values)
+
+
+def test_random_resized_crop_flip_is_seeded_and_keeps_the_shape():
+    x = torch.rand(6, 3, 64, 80, generator=torch.Generator().manual_seed(1))
+    out = random_resized_crop_flip(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.dtype == x.dtype
+    assert torch.equal(out, random_resized_crop_flip(x, torch.Generator().manual_seed(0)))  # bit-identical
+    assert not torch.equal(out, random_resized_crop_flip(x, torch.Generator().manual_seed(1)))
+    assert float(out.min()) >= float(x.min()) and float(out.max()) <= float(x.max())  # interpolated values
+
+
+def test_a_whole_image_crop_is_the_image_or_its_mirror_as_the_generator_draws():
+    """Scale and ratio 1: every crop is the whole image; which images are flipped follows from the
+    generator's draws after the boxes'."""
+    x = torch.rand(16, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    out = random_resized_crop_flip(x, torch.Generator().manual_seed(0), scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    generator = torch.Generator().manual_seed(0)
+    top, left, height, width = resized_crop_boxes(16, 64, 64, generator, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    assert top.tolist() == left.tolist() == [0] * 16 and height.tolist() == width.tolist() == [64] * 16
+    flipped = (torch.rand(16, generator=generator) < 0.5).tolist()
+    assert 0 < sum(flipped) < 16
+    for image, result, flip in zip(x, out, flipped):
+        assert torch.equal(result, image.flip(-1) if flip else image)
+
+
+def test_a_resized_crop_of_a_constant_image_is_constant():
+    x = torch.tensor([0.3, 0.7, 0.1]).view(1, 3, 1, 1).expand(8, 3, 96, 72).contiguous()
+    out = random_resized_crop_flip(x, torch.Generator().manual_seed(3))
+    assert torch.equal(out, x)
+
+
+def test_resized_crops_agree_with_bilinear_interpolation_of_the_crop():
+    x = torch.rand(3, 2, 64, 64, generator=torch.Generator().manual_seed(4))
+    top, left = torch.tensor([0, 10, 40]), torch.tensor([5, 0, 31])
+    height, width = torch.tensor([64, 23, 17]), torch.tensor([50, 64, 33])
+    out = resized_crops(x, top, left, height, width)
+    for i in range(3):
+        crop = x[i : i + 1, :, top[i] : top[i] + height[i], left[i] : left[i] + width[i]]
+        expected = torch.nn.functional.interpolate(crop, size=(64, 64), mode="bilinear", align_corners=False)
+        assert torch.allclose(out[i], expected[0], atol=1e-6)
+
+
+def test_resized_crop_boxes_fit_the_image_in_area_and_aspect():
+    top, left, height, width = resized_crop_boxes(2000, 224, 224, torch.Generator().manual_seed(5))
+    assert bool((top >= 0).all() and (left >= 0).all())
+    assert bool((top + height <= 224).all() and (left + width <= 224).all())
+    area = (height * width).double() / 224 ** 2
+    aspect = width.double() / height
+    # the boxes are rounded to whole pixels: a little slack at the bounds
+    assert float(area.min()) >= 0.075 and float(area.max()) <= 1.0 and float(area.min()) < 0.1
+    assert float(aspect.min()) >= 0.74 and float(aspect.max()) <= 1.35
+    assert float(aspect.min()) < 0.8 and float(aspect.max()) > 1.25  # the whole range is drawn
+
+
+def test_a_panorama_falls_back_to_the_central_crop_of_the_widest_ratio():
+    # 64 x 640: no box of the whole area with a ratio in [3/4, 4/3] fits, so each crop is the central
+    # 64 x round(64 * 4/3) = 64 x 85 box
+    top, left, height, width = resized_crop_boxes(4, 64, 640, torch.Generator().manual_seed(0), scale=(1.0, 1.0))
+    assert top.tolist() == [0] * 4 and left.tolist() == [277] * 4
+    assert height.tolist() == [64] * 4 and width.tolist() == [85] * 4
+
+
+def test_crop_flip_pads_small_images_and_resizes_crops_of_large_ones():
+    small = torch.rand(4, 3, 63, 63)
+    assert torch.equal(crop_flip(small, torch.Generator().manual_seed(0)),
+                       random_crop_flip(small, torch.Generator().manual_seed(0)))
+    large = torch.rand(4, 3, 64, 64)
+    assert torch.equal(crop_flip(large, torch.Generator().manual_seed(0)),
+                       random_resized_crop_flip(large, torch.Generator().manual_seed(0)))
+    wide = torch.rand(4, 3, 32, 128)  # the shorter side decides
+    assert torch.equal(crop_flip(wide, torch.Generator().manual_seed(0)),
+                       random_crop_flip(wide, torch.Generator().manual_seed(0)))
+
+
+def test_training_reports_its_progress(store, monkeypatch, tmp_path):
+    from interpbench import progress
+
+    calls = []
+    report = progress.report
+    monkeypatch.setattr(progress, "report", lambda stage, force=False, **fields: (
+        calls.append((stage, force, fields)), report(stage, force, **fields)))
+    path = tmp_path / "progress" / "job.json"
+    progress.bind(path, job="job-1")
+    try:
+        record = train_model(spec(), store, progress=False)
+        trained = progress.read(path)
+        train_model(spec(), store, progress=False)  # a cache hit
+        loaded = progress.read(path)
+    finally:
+        progress.bind(None)
+    steps = [(f["epoch"], f["step"]) for stage, force, f in calls if stage == "train" and not force]
+    assert steps == [(e, s) for e in (1, 2) for s in range(1, 7)]
+    ends = [f for stage, force, f in calls if stage == "train" and force]
+    assert [(f["epoch"], f["step"], f["steps"], f["epochs"]) for f in ends] == [(1, 6, 6, 2), (2, 6, 6, 2)]
+    for end, epoch in zip(ends, record["history"]):
+        assert end["loss"] == epoch["loss"] and end["accuracy"] == epoch["train_accuracy"]
+    assert calls[-2] == ("trained", True, {"model": "fa_cnn", "test_accuracy": record["test_accuracy"]})
+    assert calls[-1] == ("load", False, {"model": "fa_cnn"})
+    assert {k: trained[k] for k in ("job", "stage", "model", "test_accuracy")} == {
+        "job": "job-1", "stage": "trained", "model": "fa_cnn", "test_accuracy": record["test_accuracy"]}
+    assert loaded["stage"] == "load" and loaded["model"] == "fa_cnn"
+
+
+def test_fitting_on_a_parent_is_reported(store, monkeypatch):
+    """A derived model fitted on its trained parent reports ``fit``, after its parent's training."""
+    from torch import nn
+
+    from interpbench import progress, wrap
+    from interpbench.zoo import MODELS
+
+    monkeypatch.setattr(MODELS, "_builders", dict(MODELS._builders))
+    monkeypatch.setattr(MODELS, "_info", dict(MODELS._info))
+
+    @MODELS.register("copied_cnn_progress_test")
+    def build(num_classes=10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.25,) * 3, size="cpu"):
+        net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                            nn.Linear(4, num_classes))
+        model = wrap(net, mean=mean, std=std, cam_layer="0", num_classes=num_classes, input_size=input_size)
+        model.init_from_parent = lambda parent, train: model.load_state_dict(parent.state_dict())
+        return model
+
+    calls = []
+    monkeypatch.setattr(progress, "report", lambda stage, force=False, **fields: calls.append((stage, fields)))
+    parent = TrainSpec("copied_cnn_progress_test", TINY_DATA, dict(TINY_RECIPE, epochs=1))
+    derived = TrainSpec("copied_cnn_progress_test", TINY_DATA, dict(TINY_RECIPE, epochs=0), parent=parent)
+    record = train_model(derived, store, progress=False)
+    stages = [stage for stage, _ in calls]
+    assert stages == ["train"] * 7 + ["trained", "fit", "trained"]
+    assert calls[-2] == ("fit", {"model": "copied_cnn_progress_test"})
+    assert calls[-1][1]["test_accuracy"] == record["test_accuracy"] and record["history"] == []
 
 
 def test_the_train_script_trains_and_reports(tmp_path):

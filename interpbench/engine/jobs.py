@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+from interpbench import progress as job_progress
 from interpbench.core import Cell, TrainSpec
 from interpbench.data import load_dataset
 from interpbench.engine.evaluate import run_cells
@@ -54,11 +55,19 @@ def claim_cells(cells: List[Cell], store: str) -> Iterator[List[Cell]]:
 
 def in_its_store(call: Any) -> Any:
     """Run a job's ``__call__`` with its decoded data kept in its store (``<store>/data``), in the
-    process the launcher runs it in."""
+    process the launcher runs it in, reporting its progress to its ``status_file`` (if any) for the
+    sweep's console (:mod:`interpbench.progress`)."""
     @functools.wraps(call)
     def wrapped(self: Any) -> Any:
-        with using_store(Path(self.store)):
-            return call(self)
+        status = getattr(self, "status_file", None)
+        if status:
+            job_progress.bind(Path(status), getattr(self, "name", "") or self.spec.model)
+        try:
+            with using_store(Path(self.store)):
+                return call(self)
+        finally:
+            if status:
+                job_progress.bind(None)
     return wrapped
 
 
@@ -72,6 +81,11 @@ class ModelJob:
     progress: bool = True
     train: bool = True  # False: the model must be trained already (an evaluation task on SLURM)
     plugins: Tuple[str, ...] = ()  # plugin files (absolute paths) that register models (interpbench.plugins)
+    status_file: Optional[str] = None  # where it reports its progress (interpbench.progress), if anywhere
+    name: str = ""
+    # training's last.pt within an epoch, and the partial maps of a cell (None: the defaults of
+    # train_model and run_cells; 0: epoch ends only, no partial maps)
+    checkpoint_every_s: Optional[float] = None
 
     @in_its_store
     def __call__(self) -> Dict[str, Any]:
@@ -88,14 +102,17 @@ class ModelJob:
                 f"{self.spec.folder(self.store)}: its training task failed or was cancelled (see its log); "
                 "rerun the sweep to retry it")
         with claim_cells(self.cells, self.store) as pending:
+            every = {} if self.checkpoint_every_s is None else {"checkpoint_every_s": self.checkpoint_every_s}
             if not pending:
-                record = train_model(self.spec, self.store, device=self.device, progress=self.progress)
+                record = train_model(self.spec, self.store, device=self.device, progress=self.progress, **every)
             else:
                 dataset = load_dataset(self.spec.data)
                 model, record = load_trained(self.spec, self.store, dataset, device=self.device,
-                                             progress=self.progress)
+                                             progress=self.progress, **every)
+                partial = {} if self.checkpoint_every_s is None else {
+                    "checkpoint_seconds": self.checkpoint_every_s if self.checkpoint_every_s > 0 else float("inf")}
                 _, errors = run_cells(pending, self.store, device=self.device, progress=self.progress,
-                                      model=model, record=record, dataset=dataset)
+                                      model=model, record=record, dataset=dataset, **partial)
         return {"model": self.spec.model, "test_accuracy": record["test_accuracy"],
                 "train_seconds": record.get("train_seconds"), "errors": errors}
 
@@ -115,6 +132,9 @@ class TrainJob:
     threads: Optional[int] = None
     progress: bool = False
     plugins: Tuple[str, ...] = ()  # plugin files (absolute paths) that register models (interpbench.plugins)
+    status_file: Optional[str] = None  # where it reports its progress (interpbench.progress), if anywhere
+    name: str = ""
+    checkpoint_every_s: Optional[float] = None  # training's last.pt within an epoch (None: train_model's default)
 
     @in_its_store
     def __call__(self) -> Dict[str, Any]:
@@ -123,7 +143,8 @@ class TrainJob:
         load_plugins(self.plugins)  # in the launcher's process, before the model is built
         if self.threads:
             torch.set_num_threads(self.threads)
-        record = train_model(self.spec, self.store, device=self.device, progress=self.progress)
+        every = {} if self.checkpoint_every_s is None else {"checkpoint_every_s": self.checkpoint_every_s}
+        record = train_model(self.spec, self.store, device=self.device, progress=self.progress, **every)
         return {"model": self.spec.model, "test_accuracy": record["test_accuracy"],
                 "train_seconds": record.get("train_seconds"), "errors": {},
                 "resumed_at_epochs": record.get("resumed_at_epochs", [])}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from omegaconf import DictConfig, ListConfig
 
@@ -13,6 +13,7 @@ from interpbench.config import ConfigError, validate
 from interpbench.core import Cell, TrainSpec
 from interpbench.data import load_dataset
 from interpbench.data.base import ImageFolderError
+from interpbench.engine.preflight import activation_bytes
 from interpbench.engine.train import default_recipe_name, multiply_accumulates
 from interpbench.engine.weights import WeightsError, load_weights, weights_ref
 from interpbench.explainers import EXPLAINERS
@@ -57,11 +58,34 @@ class Plan:
     specs: Dict[str, Any] = field(default_factory=dict)  # model key -> TrainSpec
     cells: Dict[str, List[Any]] = field(default_factory=dict)  # model key -> its cells
     cost: Dict[str, float] = field(default_factory=dict)  # model key -> training MACs (for ordering)
+    macs: Dict[str, float] = field(default_factory=dict)  # model key -> multiply-adds of one image's forward pass
+    train_images: Dict[str, int] = field(default_factory=dict)  # model key -> images per training epoch
+    epochs: Dict[str, int] = field(default_factory=dict)  # model key -> training epochs (0: loaded or fitted)
+    activation_bytes: Dict[str, float] = field(default_factory=dict)  # model key -> one image's module outputs
+    parameter_bytes: Dict[str, float] = field(default_factory=dict)  # model key -> its parameters' bytes
+    probes: Dict[str, Any] = field(default_factory=dict)  # model name -> an untrained instance (preflight timing)
+    num_classes: Optional[int] = None
+    input_size: Optional[Tuple[int, ...]] = None  # (channels, height, width) of the data
     skipped: List[str] = field(default_factory=list)  # explainer/model pairs that do not apply
 
     @property
     def all_cells(self) -> List[Any]:
         return [cell for cells in self.cells.values() for cell in cells]
+
+
+def cap_image_size(cfg: DictConfig) -> None:
+    """The profile's working resolution: with ``profile.max_image_size`` set (the ``cpu`` profile:
+    64) and a dataset asked for at a larger ``data.image_size`` (an ImageFolder at 224 px), the data
+    are decoded at ``max_image_size`` instead; ``profile.image_size_asked`` records the size asked
+    for, so that the leaderboard's notes say so. ``profile=paper`` keeps the size asked for."""
+    from omegaconf import open_dict
+
+    limit = cfg.profile.get("max_image_size")
+    asked = cfg.data.get("image_size")
+    if limit and isinstance(asked, int) and asked > int(limit):
+        with open_dict(cfg):
+            cfg.data.image_size = int(limit)
+            cfg.profile.image_size_asked = asked
 
 
 def plan_sweep(cfg: DictConfig) -> Plan:
@@ -89,6 +113,7 @@ def plan_sweep(cfg: DictConfig) -> Plan:
         except (TypeError, ValueError) as error:
             raise SweepConfigError(f"metrics.{name}: {error}") from None
 
+    cap_image_size(cfg)
     dataset = load_dataset(cfg.data)  # decodes once into the cache; jobs then only read it
     if dataset.test.masks is None:  # localisation metrics need ground-truth object masks
         unmasked = [name for name in metrics if metric_objects[name].needs_masks]
@@ -142,7 +167,11 @@ def plan_sweep(cfg: DictConfig) -> Plan:
         return TrainSpec(model=model_name, data=plain(cfg.data), recipe=recipe, size=cfg.profile.size,
                          model_args=model_args, seed=seed, parent=parent, weights=weights)
 
-    plan = Plan()
+    plan = Plan(num_classes=dataset.num_classes, input_size=tuple(dataset.input_size))
+    from omegaconf import open_dict
+
+    with open_dict(cfg):  # for the leaderboard's notes
+        cfg.profile.image_size = [int(v) for v in dataset.input_size]
     for model_name in models:
         recipe, model_args = recipe_and_args(model_name)
         weights = weights_of(model_name, model_args)
@@ -157,10 +186,16 @@ def plan_sweep(cfg: DictConfig) -> Plan:
                 raise SweepConfigError(f"model_args.{model_name}.weights: {error}") from None
         train_images = min(len(dataset.train), recipe["max_train_images"] or len(dataset.train))
         epochs = 0 if weights is not None else recipe["epochs"]
-        cost = multiply_accumulates(probe, dataset.input_size) * train_images * epochs
+        macs = multiply_accumulates(probe, dataset.input_size)
+        activations = activation_bytes(probe, dataset.input_size)
+        parameters = float(sum(p.numel() * p.element_size() for p in probe.parameters()))
+        plan.probes[model_name] = probe
+        cost = macs * train_images * epochs
         for seed in cfg.seeds:
             spec = make_spec(model_name, int(seed))
             plan.cost[spec.key()] = cost
+            plan.macs[spec.key()], plan.train_images[spec.key()], plan.epochs[spec.key()] = macs, train_images, epochs
+            plan.activation_bytes[spec.key()], plan.parameter_bytes[spec.key()] = activations, parameters
             cells = []
             for explainer_name in explainer_names:
                 if not explainer_objects[explainer_name].applies_to(probe):

@@ -1,9 +1,22 @@
 """Training with a checkpoint cache keyed by everything that determines the weights.
 
 A :class:`TrainSpec` names the model, its size, the data, the recipe and the seed; its hash is the
-cache key. ``train_model`` returns at once on a cache hit, resumes from the last finished epoch
-after an interruption, and otherwise trains with a progress bar, checkpointing every epoch and
-recording the top-1 test accuracy with the final weights.
+cache key. ``train_model`` returns at once on a cache hit, resumes from ``last.pt`` after an
+interruption, and otherwise trains with a progress bar, checkpointing at the end of every epoch and
+every ``checkpoint_every_s`` seconds within one, and records the top-1 test accuracy with the final
+weights.
+
+``last.pt`` holds the weights, the optimiser's state, the position within the epoch (the steps done
+and the images seen in the epoch's shuffled order), the epoch's running loss and accuracy sums, the
+state of the epoch's generator (shuffling and augmentation) and of the global random number
+generators (torch's, CUDA's on a GPU, numpy's and Python's: dropout and the like). A run resumed
+from it continues at the next step of the same order and, on a CPU, ends with weights bit-identical
+to those of an uninterrupted run.
+
+Augmentation (``augment: crop_flip``): images smaller than 64 pixels on a side get CIFAR's random
+crop of the image zero-padded by 4 pixels; larger ones (ImageNet-style data) a random resized crop
+(a crop of 8 % to 100 % of the area, aspect ratio 3/4 to 4/3, resized bilinearly to the input
+size). Both then flip horizontally with probability 1/2. The draws come from the epoch's generator.
 
 A recipe's learning-rate ``schedule`` (after ``warmup_epochs`` of linear warm-up from ``lr / W`` to
 ``lr``, ``W`` the warm-up steps):
@@ -20,21 +33,32 @@ A recipe's learning-rate ``schedule`` (after ``warmup_epochs`` of linear warm-up
 from __future__ import annotations
 
 import bisect
+import functools
 import math
+import random
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from interpbench import progress as status
 from interpbench.core import TrainSpec
 from interpbench.data import load_dataset
-from interpbench.data.base import Dataset, Split, to_float
+from interpbench.data.base import Dataset, LazySplit, Split, to_float
 from interpbench.engine.weights import WeightsError, load_weights, weights_ref
-from interpbench.integrity import load_verified, remove_with_sidecar, sha256_file, trained_record, write_sidecar
+from interpbench.integrity import (
+    load_verified,
+    remove_with_sidecar,
+    sha256_file,
+    sidecar_path,
+    trained_record,
+    write_sidecar,
+)
 from interpbench.storage import atomic_torch_save, atomic_write_json, plain
 from interpbench.zoo import MODELS, ZooModel, create_model
 
@@ -51,6 +75,10 @@ OPTIONAL_RECIPE_KEYS = set(STEP_KEYS)
 AUGMENTS = ("auto", "none", "crop_flip")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "cosine", "step")
+# Seconds between the checkpoints written within an epoch (``train_model``'s default).
+CHECKPOINT_EVERY_S = 600.0
+# Images at least this many pixels on each side get the random resized crop, smaller ones pad-and-crop.
+RESIZED_CROP_MIN_SIDE = 64
 
 
 def check_recipe(recipe: Dict[str, Any]) -> None:
@@ -145,12 +173,98 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) 
     return torch.where(flip, out.flip(-1), out)
 
 
-def training_subset(split: Split, limit: Optional[int], seed: int) -> Split:
-    """The first ``limit`` images of a seeded permutation (all images when ``limit`` is None)."""
+def resized_crop_boxes(
+    count: int, height: int, width: int, generator: torch.Generator,
+    scale: Tuple[float, float] = (0.08, 1.0), ratio: Tuple[float, float] = (3 / 4, 4 / 3), attempts: int = 10,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(top, left, crop_height, crop_width)`` (int64 ``[count]`` each) of random crops of a
+    ``height x width`` image: for each, the first of ``attempts`` draws of an area fraction (uniform
+    in ``scale``) and an aspect ratio width / height (log-uniform in ``ratio``) whose rounded box fits
+    in the image, at a uniformly drawn position; when none fits, the central crop with the image's
+    aspect ratio clamped to ``ratio``. The number of draws from ``generator`` depends on ``count``
+    only."""
+    draws = torch.rand(count, attempts, 2, generator=generator, dtype=torch.float64)
+    area = scale[0] + (scale[1] - scale[0]) * draws[..., 0]
+    low, high = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(low + (high - low) * draws[..., 1])
+    crop_w = torch.round(torch.sqrt(height * width * area * aspect))
+    crop_h = torch.round(torch.sqrt(height * width * area / aspect))
+    fits = (crop_w >= 1) & (crop_w <= width) & (crop_h >= 1) & (crop_h <= height)
+    first = fits.to(torch.int8).argmax(dim=1, keepdim=True)  # the first attempt that fits (0: none does)
+    found = fits.any(dim=1)
+    crop_w, crop_h = crop_w.gather(1, first).squeeze(1).long(), crop_h.gather(1, first).squeeze(1).long()
+    if width / height < min(ratio):
+        central = (int(round(width / min(ratio))), width)
+    elif width / height > max(ratio):
+        central = (height, int(round(height * max(ratio))))
+    else:
+        central = (height, width)
+    crop_h = torch.where(found, crop_h, torch.tensor(central[0]))
+    crop_w = torch.where(found, crop_w, torch.tensor(central[1]))
+    place = torch.rand(count, 2, generator=generator, dtype=torch.float64)
+    top = torch.floor(place[:, 0] * (height - crop_h + 1)).long()
+    left = torch.floor(place[:, 1] * (width - crop_w + 1)).long()
+    top = torch.where(found, top, (height - crop_h) // 2)
+    left = torch.where(found, left, (width - crop_w) // 2)
+    return top, left, crop_h, crop_w
+
+
+def _sample_axis(start: torch.Tensor, length: torch.Tensor, size: int) -> Tuple[torch.Tensor, ...]:
+    """Bilinear sampling along one axis of ``size`` outputs from the box ``[start, start + length)``
+    (``[B]`` each), half-pixel centres as in ``F.interpolate(..., align_corners=False)``, clamped at
+    the box's edges: the lower and upper source indices ``[B, size]`` and the upper one's weight."""
+    position = (torch.arange(size, dtype=torch.float64) + 0.5).view(1, size)
+    source = start.view(-1, 1) + position * (length.view(-1, 1).double() / size) - 0.5
+    last = (start + length - 1).view(-1, 1)
+    source = torch.minimum(torch.maximum(source, start.view(-1, 1).double()), last.double())
+    lower = torch.floor(source).long()
+    upper = torch.minimum(lower + 1, last)
+    return lower, upper, source - lower
+
+
+def resized_crops(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, crop_h: torch.Tensor,
+                  crop_w: torch.Tensor) -> torch.Tensor:
+    """The box ``[top, top + crop_h) x [left, left + crop_w)`` of each image of ``[B, C, H, W]``,
+    resized bilinearly to ``H x W`` (as ``F.interpolate(crop, (H, W), mode="bilinear")``; a crop of
+    the whole image is the image itself)."""
+    b, c, h, w = x.shape
+    lower, upper, weight = _sample_axis(top, crop_h, h)
+    weight = weight.to(x.dtype).view(b, 1, h, 1)
+    rows = torch.lerp(x.gather(2, lower.view(b, 1, h, 1).expand(b, c, h, w)),
+                      x.gather(2, upper.view(b, 1, h, 1).expand(b, c, h, w)), weight)
+    lower, upper, weight = _sample_axis(left, crop_w, w)
+    weight = weight.to(x.dtype).view(b, 1, 1, w)
+    return torch.lerp(rows.gather(3, lower.view(b, 1, 1, w).expand(b, c, h, w)),
+                      rows.gather(3, upper.view(b, 1, 1, w).expand(b, c, h, w)), weight)
+
+
+def random_resized_crop_flip(x: torch.Tensor, generator: torch.Generator,
+                             scale: Tuple[float, float] = (0.08, 1.0),
+                             ratio: Tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
+    """Batched random resized crop (see :func:`resized_crop_boxes`; resized to the input size) and
+    horizontal flip of ``[B, C, H, W]``, for ImageNet-style training."""
+    b, _, h, w = x.shape
+    out = resized_crops(x, *resized_crop_boxes(b, h, w, generator, scale, ratio))
+    flip = (torch.rand(b, generator=generator) < 0.5).view(b, 1, 1, 1)
+    return torch.where(flip, out.flip(-1), out)
+
+
+def crop_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The ``crop_flip`` augmentation of ``[B, C, H, W]``: a random resized crop for images with
+    both sides at least ``RESIZED_CROP_MIN_SIDE``, else the 4-pixel pad-and-crop; then a flip."""
+    if min(x.shape[-2:]) >= RESIZED_CROP_MIN_SIDE:
+        return random_resized_crop_flip(x, generator)
+    return random_crop_flip(x, generator)
+
+
+def training_subset(split: Split, limit: Optional[int], seed: int) -> "Split | LazySplit":
+    """The first ``limit`` images of a seeded permutation (all images when ``limit`` is None); a
+    lazy subset that copies only the batches taken from it, so that parallel jobs share the
+    memory-mapped data."""
     if limit is None or limit >= len(split):
         return split
     order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
-    return split.subset(order[:limit])
+    return split.lazy_subset(order[:limit])
 
 
 def learning_rate(recipe: Dict[str, Any], step: int, total_steps: int, steps_per_epoch: int) -> float:
@@ -205,24 +319,39 @@ def train_model(
     device: str = "auto",
     progress: bool = True,
     stop_after_epochs: Optional[int] = None,
+    checkpoint_every_s: Optional[float] = CHECKPOINT_EVERY_S,
+    stop_after_steps: Optional[int] = None,
 ) -> Dict[str, Any]:
     """Train ``spec`` unless its checkpoint exists; return the checkpoint's record.
 
-    ``stop_after_epochs`` ends the run early (as a preempted job would), leaving ``last.pt``
-    for the next call to resume from. A corrupt checkpoint (``record.json`` off its schema,
-    ``model.pt`` off its sha256) is quarantined and the model trained again.
+    ``last.pt`` is written at the end of every epoch and, within an epoch, after the first step that
+    ends ``checkpoint_every_s`` seconds or more after the last write (0 or None: at epoch ends only);
+    an interrupted run resumes from it. ``stop_after_epochs`` and ``stop_after_steps`` (optimiser
+    steps, counted in this call) end the run early, as a preempted or killed job would, leaving
+    ``last.pt`` at that point; they return ``{"finished": False, "epoch", "folder"}`` (the epochs
+    finished), ``stop_after_steps`` with ``"step"`` too (the steps done in the next epoch). A corrupt
+    checkpoint (``record.json`` off its schema, ``model.pt`` off its sha256) is quarantined and the
+    model trained again; a corrupt ``last.pt`` is quarantined and the training starts over.
     """
+    every = checkpoint_every_s
+    if every is not None and (isinstance(every, bool) or not isinstance(every, (int, float))
+                              or not every >= 0 or math.isinf(every)):
+        raise ValueError(f"checkpoint_every_s must be a finite number of seconds >= 0, or None (0 and None: "
+                         f"checkpoints at epoch ends only), got {every!r}")
     if spec.weights is None:  # loaded from a file: no recipe runs
         check_recipe(spec.recipe)
     folder = spec.folder(store)
     record = trained_record(folder, Path(store))
     if record is not None:
+        status.report("load", model=spec.model)
         return record
     with training_lock(folder):  # one trainer per checkpoint; the others wait, then read it
         record = trained_record(folder, Path(store))
         if record is not None:
+            status.report("load", model=spec.model)
             return record
-        return _train(spec, Path(store), folder, device, progress, stop_after_epochs)
+        return _train(spec, Path(store), folder, device, progress, stop_after_epochs, stop_after_steps,
+                      float(every or 0.0))
 
 
 @contextmanager
@@ -239,8 +368,39 @@ def training_lock(folder: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def rng_states(device: torch.device) -> Dict[str, Any]:
+    """The states of the global random number generators: torch's, CUDA's (on a GPU), numpy's and
+    Python's."""
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+            "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def set_rng_states(states: Dict[str, Any], device: torch.device) -> None:
+    """Restore what :func:`rng_states` returned (CUDA's only on a GPU with as many devices)."""
+    torch.set_rng_state(states["torch"])
+    cuda = states.get("cuda")
+    if cuda is not None and device.type == "cuda" and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+
+
+def save_last(path: Path, state: Dict[str, Any]) -> None:
+    """Write the training checkpoint ``path``, then its sidecar manifest. The old manifest is removed
+    first, so that a kill between the two writes leaves a checkpoint without a manifest (which loading
+    checks) rather than one with another checkpoint's manifest (which would be quarantined)."""
+    try:
+        sidecar_path(path).unlink()
+    except FileNotFoundError:
+        pass
+    atomic_torch_save(state, path)
+    write_sidecar(path)  # after it: its size and sha256, checked on resume
+
+
 def _train(spec: TrainSpec, store: Path, folder: Path, device: str, progress: bool,
-           stop_after_epochs: Optional[int]) -> Dict[str, Any]:
+           stop_after_epochs: Optional[int], stop_after_steps: Optional[int],
+           checkpoint_every_s: float) -> Dict[str, Any]:
     from tqdm import tqdm
 
     recipe = plain(spec.recipe)
@@ -250,48 +410,70 @@ def _train(spec: TrainSpec, store: Path, folder: Path, device: str, progress: bo
         return _load_from_weights(spec, folder, dataset, torch_device)
     parent = None
     if spec.parent is not None:  # trained (or found) first; the derived model starts from it
-        parent, _ = load_trained(spec.parent, store, dataset, device=device, progress=progress)
+        parent, _ = load_trained(spec.parent, store, dataset, device=device, progress=progress,
+                                 checkpoint_every_s=checkpoint_every_s)
     torch.manual_seed(spec.seed)
     model = build_model(spec, dataset).to(torch_device)
     train_split = training_subset(dataset.train, recipe["max_train_images"], spec.seed)
+    n, batch, epochs = len(train_split), int(recipe["batch_size"]), int(recipe["epochs"])
+    steps_per_epoch = math.ceil(n / batch)
+    total_steps = steps_per_epoch * epochs
     # a corrupt last.pt (off its sidecar's sha256, or not loading) is quarantined: no resume
-    state = load_verified(folder / "last.pt", store, _load_last)
+    last = folder / "last.pt"
+    state = load_verified(last, store, functools.partial(_load_last, steps_per_epoch=steps_per_epoch))
     resume = state is not None
     fit_seconds = 0.0  # converting or fitting the derived model on its parent (k-means: the whole fit)
     if parent is not None and not resume:
+        status.report("fit", force=True, model=spec.model)
         began = time.time()
         model.init_from_parent(parent, train_split)
         fit_seconds = time.time() - began
-    optimizer = make_optimizer(model, recipe) if int(recipe["epochs"]) > 0 else None  # 0: fitted only
+    optimizer = make_optimizer(model, recipe) if epochs > 0 else None  # 0: fitted only
     augment = dataset.augment if recipe["augment"] == "auto" else recipe["augment"]
 
-    n, batch = len(train_split), int(recipe["batch_size"])
-    steps_per_epoch = math.ceil(n / batch)
-    total_steps = steps_per_epoch * int(recipe["epochs"])
-    start_epoch, history, seconds = 0, [], 0.0
-    resumed = []  # the epochs at which an interrupted run (preempted, timed out) went on
+    start_epoch, start_step, history, seconds = 0, 0, [], 0.0
+    resumed = []  # the epochs finished when an interrupted run (preempted, timed out, killed) went on
+    resumed_steps = []  # the optimiser steps done then (counted over all epochs)
     if resume:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, history, seconds = state["epoch"], state["history"], state["seconds"]
+        start_step = int(state.get("step", 0))
         resumed = state.get("resumed_at_epochs", []) + [start_epoch]
-        print(f"{spec.model}: resuming after epoch {start_epoch} from {folder / 'last.pt'}", flush=True)
+        resumed_steps = state.get("resumed_at_steps", []) + [start_epoch * steps_per_epoch + start_step]
+        if "rng" in state:  # dropout and the like go on as they would have
+            set_rng_states(state["rng"], torch_device)
+        where = (f"in epoch {start_epoch + 1} after step {start_step}/{steps_per_epoch}" if start_step
+                 else f"after epoch {start_epoch}")
+        print(f"{spec.model}: resuming {where} from {last}", flush=True)
 
-    for epoch in range(start_epoch, int(recipe["epochs"])):
+    def checkpoint(epoch: int, **position: Any) -> None:
+        save_last(last, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                         "steps_per_epoch": steps_per_epoch, "rng": rng_states(torch_device),
+                         "history": history, "resumed_at_epochs": resumed, "resumed_at_steps": resumed_steps,
+                         **position})
+
+    steps_run, last_write = 0, time.monotonic()
+    for epoch in range(start_epoch, epochs):
         if stop_after_epochs is not None and epoch - start_epoch >= stop_after_epochs:
             return {"finished": False, "epoch": epoch, "folder": str(folder)}
+        if stop_after_steps is not None and steps_run >= stop_after_steps:
+            return {"finished": False, "epoch": epoch, "step": 0, "folder": str(folder)}
         began = time.time()
         model.train()
         generator = torch.Generator().manual_seed(spec.seed * 100_003 + epoch)
         order = torch.randperm(n, generator=generator)
-        loss_sum, correct, seen = 0.0, 0, 0
-        bar = tqdm(range(steps_per_epoch), desc=f"{spec.model} epoch {epoch + 1}/{recipe['epochs']}",
-                   disable=not progress, leave=False, mininterval=1.0)
+        first, loss_sum, correct, seen = 0, 0.0, 0, 0
+        if epoch == start_epoch and start_step:  # within the epoch: its order, at the saved step
+            first, loss_sum, correct, seen = start_step, state["loss_sum"], state["correct"], state["samples"]
+            generator.set_state(state["generator"])
+        bar = tqdm(range(first, steps_per_epoch), desc=f"{spec.model} epoch {epoch + 1}/{epochs}",
+                   total=steps_per_epoch, initial=first, disable=not progress, leave=False, mininterval=1.0)
         for step in bar:
             index = order[step * batch : (step + 1) * batch]
             x = to_float(train_split.images[index])
             if augment == "crop_flip":
-                x = random_crop_flip(x, generator)
+                x = crop_flip(x, generator)
             x, y = x.to(torch_device), train_split.labels[index].to(torch_device)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(recipe, epoch * steps_per_epoch + step, total_steps, steps_per_epoch)
@@ -305,16 +487,28 @@ def _train(spec: TrainSpec, store: Path, folder: Path, device: str, progress: bo
             loss_sum += float(loss.detach()) * len(index)
             correct += int((logits.argmax(dim=1) == y).sum())
             seen += len(index)
+            steps_run += 1
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+            status.report("train", model=spec.model, epoch=epoch + 1, epochs=epochs, step=step + 1,
+                          steps=steps_per_epoch, loss=loss_sum / seen, accuracy=correct / seen)
+            if step + 1 == steps_per_epoch:
+                continue  # the epoch's end writes the checkpoint
+            stopping = stop_after_steps is not None and steps_run >= stop_after_steps
+            if stopping or (checkpoint_every_s > 0 and time.monotonic() - last_write >= checkpoint_every_s):
+                checkpoint(epoch, step=step + 1, samples=seen, loss_sum=loss_sum, correct=correct,
+                           generator=generator.get_state(), seconds=seconds + time.time() - began)
+                last_write = time.monotonic()
+            if stopping:
+                bar.close()
+                return {"finished": False, "epoch": epoch, "step": step + 1, "folder": str(folder)}
         bar.close()
         seconds += time.time() - began
         history.append({"epoch": epoch + 1, "loss": loss_sum / seen, "train_accuracy": correct / seen})
-        atomic_torch_save(
-            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-             "history": history, "seconds": seconds, "resumed_at_epochs": resumed},
-            folder / "last.pt",
-        )
-        write_sidecar(folder / "last.pt")  # after it: its size and sha256, checked on resume
+        checkpoint(epoch + 1, step=0, seconds=seconds)
+        last_write = time.monotonic()
+        status.report("train", force=True, model=spec.model, epoch=epoch + 1, epochs=epochs,
+                      step=steps_per_epoch, steps=steps_per_epoch, loss=loss_sum / seen,
+                      accuracy=correct / seen)
 
     accuracy = evaluate_accuracy(model, dataset.test, torch_device)
     record = {
@@ -324,12 +518,13 @@ def _train(spec: TrainSpec, store: Path, folder: Path, device: str, progress: bo
         "device": str(torch_device),
         "parameters": sum(p.numel() for p in model.parameters()),
         "trained_parameters": sum(p.numel() for p in model.trainable_parameters()), "finished": True,
-        "resumed_at_epochs": resumed,
+        "resumed_at_epochs": resumed, "resumed_at_steps": resumed_steps,
     }
     atomic_torch_save({"model": model.state_dict(), "record": record}, folder / "model.pt")
     record = {**record, "model_sha256": sha256_file(folder / "model.pt")}  # checked on every read
     atomic_write_json(folder / "record.json", record)  # last: marks the checkpoint complete
-    remove_with_sidecar(folder / "last.pt")
+    remove_with_sidecar(last)
+    status.report("trained", force=True, model=spec.model, test_accuracy=accuracy)
     return record
 
 
@@ -340,6 +535,7 @@ def _load_from_weights(spec: TrainSpec, folder: Path, dataset: Dataset, device: 
     if ref["sha256"] != spec.weights["sha256"]:
         raise WeightsError(f"weights {ref['path']} changed since the sweep was planned (sha256 "
                            f"{ref['sha256'][:16]}, planned {spec.weights['sha256'][:16]}); run the sweep again")
+    status.report("load", force=True, model=spec.model)
     began = time.time()
     model = load_weights(build_model(spec, dataset), ref["path"], name=spec.model).to(device)
     accuracy = evaluate_accuracy(model, dataset.test, device)
@@ -356,21 +552,34 @@ def _load_from_weights(spec: TrainSpec, folder: Path, dataset: Dataset, device: 
     return record
 
 
-def _load_last(path: Path) -> Dict[str, Any]:
+def _load_last(path: Path, steps_per_epoch: Optional[int] = None) -> Dict[str, Any]:
     """The state ``last.pt`` holds (on the CPU: loading it into the model and the optimizer moves it to
-    their device); raises if it is not a training checkpoint."""
+    their device); raises if it is not a training checkpoint, or if it stands within an epoch of
+    another length than ``steps_per_epoch``."""
     state = torch.load(path, map_location="cpu", weights_only=False)
     missing = [k for k in ("model", "optimizer", "epoch", "history", "seconds") if not isinstance(state, dict)
                or k not in state]
     if missing:
         raise ValueError(f"not a training checkpoint (no {', '.join(missing)})")
+    step = state.get("step", 0)
+    if step:
+        missing = [k for k in ("steps_per_epoch", "samples", "loss_sum", "correct", "generator") if k not in state]
+        if missing:
+            raise ValueError(f"stands at step {step} of epoch {state['epoch'] + 1} without {', '.join(missing)}")
+        if steps_per_epoch is not None and state["steps_per_epoch"] != steps_per_epoch:
+            raise ValueError(f"stands at step {step} of an epoch of {state['steps_per_epoch']} steps; "
+                             f"this training has {steps_per_epoch}")
+        if not 0 < step < state["steps_per_epoch"]:
+            raise ValueError(f"stands at step {step}, outside an epoch of {state['steps_per_epoch']} steps")
     return state
 
 
 def load_trained(spec: TrainSpec, store: Path, dataset: Dataset, device: str = "auto",
-                 progress: bool = False) -> Tuple[ZooModel, Dict[str, Any]]:
-    """The trained model of ``spec`` (in eval mode) and its record; trains it first if needed."""
-    record = train_model(spec, store, device=device, progress=progress)
+                 progress: bool = False, checkpoint_every_s: Optional[float] = CHECKPOINT_EVERY_S,
+                 ) -> Tuple[ZooModel, Dict[str, Any]]:
+    """The trained model of ``spec`` (in eval mode) and its record; trains it first if needed
+    (``checkpoint_every_s`` as in :func:`train_model`)."""
+    record = train_model(spec, store, device=device, progress=progress, checkpoint_every_s=checkpoint_every_s)
     model = build_model(spec, dataset)
     state = torch.load(spec.folder(store) / "model.pt", map_location="cpu", weights_only=False)
     model.load_state_dict(state["model"])

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from omegaconf import DictConfig
 
+from interpbench.console import status_file
 from interpbench.engine.jobs import ModelJob, TrainJob
 from interpbench.engine.plan import Plan
 from interpbench.integrity import cell_done, model_trained
-from interpbench.launch.base import SweepWork
+from interpbench.launch.base import SweepWork, sweep_console, train_options
 from interpbench.launch.slurm_client import (
     LIVE_STATES,
     SLURM_RECORD,
@@ -27,7 +28,7 @@ from interpbench.plugins import plugin_files
 from interpbench.storage import plain
 
 
-def slurm_stages(plan: Plan, store: Path, cfg: DictConfig) -> List[Any]:
+def slurm_stages(plan: Plan, store: Path, cfg: DictConfig, progress_dir: Optional[Path] = None) -> List[Any]:
     """The SLURM job arrays of what is still to do: training, then evaluation.
 
     Training: one task per model without a checkpoint (models derived from a parent in a second
@@ -37,8 +38,11 @@ def slurm_stages(plan: Plan, store: Path, cfg: DictConfig) -> List[Any]:
     model (``group_cells=model``: fewer, longer tasks). The evaluation array waits for the training
     arrays with an ``afterany`` dependency rather than ``afterok``: one model that fails to train must
     not cancel the cells of the others; its own evaluation tasks stop at once with an error naming
-    the failed training task.
+    the failed training task. ``progress_dir``: where each task reports its progress for the console.
     """
+    def status(name: str) -> Optional[str]:
+        return None if progress_dir is None else str(status_file(progress_dir, name))
+
     options = plain(cfg.launcher)
     threads = options.get("threads_per_job") or options.get("cpus_per_task") or None
     plugins = plugin_files(cfg.get("plugins"))  # every task loads them before it builds its model
@@ -46,9 +50,10 @@ def slurm_stages(plan: Plan, store: Path, cfg: DictConfig) -> List[Any]:
     untrained = [key for key, spec in plan.specs.items() if not model_trained(spec, store)]
     for key in sorted(untrained, key=lambda key: -plan.cost[key]):  # longest first
         spec = plan.specs[key]
+        name = f"train {spec.model}/seed{spec.seed}"
         levels.setdefault(spec.depth, []).append(SlurmTask(
-            f"train {spec.model}/seed{spec.seed}",
-            TrainJob(spec, str(store), device=cfg.device, threads=threads, plugins=plugins), model=key))
+            name, TrainJob(spec, str(store), device=cfg.device, threads=threads, plugins=plugins,
+                           status_file=status(name), name=name, **train_options(cfg)), model=key))
     stages: List[Any] = []
     for depth in sorted(levels):
         stages.append(SlurmStage("train" if depth == 0 else f"train{depth}", levels[depth],
@@ -60,10 +65,11 @@ def slurm_stages(plan: Plan, store: Path, cfg: DictConfig) -> List[Any]:
             if not cell_done(cell, store):
                 groups.setdefault(cell.explainer if options["group_cells"] == "explainer" else "", []).append(cell)
         for explainer, group in groups.items():
+            name = f"eval {spec.model}/seed{spec.seed}" + (f"/{explainer}" if explainer else "")
             evaluation.append(SlurmTask(
-                f"eval {spec.model}/seed{spec.seed}" + (f"/{explainer}" if explainer else ""),
-                ModelJob(spec, group, str(store), device=cfg.device, threads=threads, progress=False, train=False,
-                         plugins=plugins),
+                name, ModelJob(spec, group, str(store), device=cfg.device, threads=threads, progress=False,
+                               train=False, plugins=plugins, status_file=status(name), name=name,
+                               **train_options(cfg)),
                 model=key, cells=[cell.key() for cell in group]))
     stages.append(SlurmStage("eval", evaluation, after=[stage.name for stage in stages]))
     return stages
@@ -92,7 +98,7 @@ def run_slurm_sweep(plan: Plan, store: Path, sweep_dir: Path, cfg: DictConfig) -
         if not options["wait"]:
             return None
         wait_slurm(live, poll_s=float(options["poll_s"]), progress=bool(cfg.progress))
-    stages = slurm_stages(plan, store, cfg)
+    stages = slurm_stages(plan, store, cfg, progress_dir=sweep_dir / "progress")
     if not any(stage.tasks for stage in stages):
         return []
     print(f"SLURM logs and submitit files: {sweep_dir / 'slurm'}")
@@ -101,12 +107,18 @@ def run_slurm_sweep(plan: Plan, store: Path, sweep_dir: Path, cfg: DictConfig) -
         print("submitted; the same command with --status shows progress, and run again it collects "
               "the results and writes the leaderboard")
         return None
+    tasks = [(task.name, task.job) for stage in stages for task in stage.tasks]
+    console = sweep_console(SweepWork(plan=plan, todo=[], missing={}, store=store, sweep_dir=sweep_dir, cfg=cfg),
+                            tasks, parallel=int(options.get("array_parallelism") or len(tasks) or 1))
+    console.start()
     try:
-        return wait_slurm(entries, poll_s=float(options["poll_s"]), progress=bool(cfg.progress))
+        return wait_slurm(entries, poll_s=float(options["poll_s"]), progress=bool(cfg.progress), console=console)
     except KeyboardInterrupt:
         print(f"\ninterrupted: the tasks go on on SLURM (record {sweep_dir / SLURM_RECORD}); --status "
               "shows them; the same command waits for them and collects the results", file=sys.stderr)
         raise
+    finally:
+        console.stop()
 
 
 class SlurmLauncher:

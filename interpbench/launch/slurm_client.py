@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
-from interpbench.launch.base import Outcome, last_lines
+from interpbench.launch.base import Outcome, failure_cause, last_lines, outcome_line
 from interpbench.storage import atomic_write_json, read_json
 
 # Options of ``launcher=slurm`` (interpbench/conf/launcher/slurm.yaml).
@@ -214,23 +214,27 @@ def task_outcome(entry: Dict[str, Any], state: str, patience_s: float = 10.0) ->
             kind, value = "error", f"unreadable result {result}: {error}"
         if kind == "success":
             return Outcome(entry["name"], True, value, log=log, cells=entry["cells"])
-        return Outcome(entry["name"], False, error=last_lines(str(value)), log=log, cells=entry["cells"])
+        return Outcome(entry["name"], False, error=failure_cause(str(value), log), log=log, cells=entry["cells"])
     tail = ""
     if Path(log).exists():
-        tail = last_lines(Path(log).read_text(errors="replace"))
+        text = Path(log).read_text(errors="replace")
+        tail = failure_cause("", log) if "Traceback" in text else last_lines(text)
     message = f"SLURM job {entry['job_id']} ended {state or 'in an unknown state'} without a result"
     return Outcome(entry["name"], False, error=message + (":\n" + tail if tail else ""), log=log,
                    cells=entry["cells"])
 
 
-def wait_slurm(entries: Sequence[Dict[str, Any]], poll_s: float = 5.0, progress: bool = True) -> List[Outcome]:
+def wait_slurm(entries: Sequence[Dict[str, Any]], poll_s: float = 5.0, progress: bool = True,
+               console: Any = None) -> List[Outcome]:
     """Wait until SLURM has finished every task in ``entries`` (records written by ``submit_slurm``);
-    one ``sacct`` call per poll for all of them. Returns their outcomes in finishing order."""
+    one ``sacct`` call per poll for all of them. Returns their outcomes in finishing order.
+    ``console`` (:class:`interpbench.console.LiveConsole`) shows the tasks from their progress files
+    meanwhile; without it, a bar over tasks."""
     from tqdm import tqdm
 
     pending = list(entries)
     outcomes: List[Outcome] = []
-    bar = tqdm(total=len(pending), desc="slurm tasks", disable=not progress)
+    bar = tqdm(total=len(pending), desc="slurm tasks", disable=not progress or console is not None)
     while pending:
         states = slurm_states(entry["job_id"] for entry in pending)
         for entry in list(pending):
@@ -240,6 +244,8 @@ def wait_slurm(entries: Sequence[Dict[str, Any]], poll_s: float = 5.0, progress:
                 continue
             pending.remove(entry)
             outcomes.append(task_outcome(entry, state))
+            if console is not None:
+                console.job_finished(entry["name"], outcomes[-1].ok, outcome_line(outcomes[-1]))
             bar.update(1)
             bar.set_postfix(failed=sum(not o.ok for o in outcomes))
         if pending:

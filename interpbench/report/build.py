@@ -7,7 +7,8 @@
   store, written to ``<results_dir>/<data>/`` (the sweep's ``results_dir``, relative to the
   current directory, unless ``--results-dir`` is given), with the sweep's config;
 - a results folder (with ``cells.json``, as every report writes) or a folder of them
-  (``results/``): each rebuilt in place from its ``cells.json`` and ``provenance.json`` alone;
+  (``results/``): each rebuilt from its ``cells.json`` and ``provenance.json`` alone, in place, or
+  under ``--results-dir`` when it is given (``<results-dir>/<folder's name>``);
 - a store (with ``cells/``): every cell in it (for one (data, model, explainer, metric, seed),
   the newest file), written to ``<results-dir>/<data>/`` (default ``results``).
 
@@ -74,7 +75,10 @@ def report_sweep(folder: Path, results_dir: Optional[str], store: Optional[str],
 
 
 def report_results_folder(folder: Path, store: Optional[str], figures: bool,
-                          rank_metrics: Optional[List[str]], redraw: bool = False) -> Dict[str, Path]:
+                          rank_metrics: Optional[List[str]], redraw: bool = False,
+                          results_dir: Optional[Path] = None) -> Dict[str, Path]:
+    """Rebuild a results folder's report in place, or, with ``results_dir``, in
+    ``<results_dir>/<folder's name>`` (the figure inputs read from the folder)."""
     records = read_json(folder / "cells.json")
     if not isinstance(records, list):
         raise ReportError(f"{folder / 'cells.json'}: not a list of cell results")
@@ -83,7 +87,10 @@ def report_results_folder(folder: Path, store: Optional[str], figures: bool,
     if not results:
         raise ReportError(f"{folder / 'cells.json'} holds no cell results")
     info = read_json(folder / "provenance.json") if (folder / "provenance.json").exists() else {}
-    files = write_report(results, folder, notes=info.get("notes") or "", store=Path(store) if store else None,
+    target = folder if results_dir is None else Path(results_dir) / folder.name
+    if store is None and target.resolve() != folder.resolve():
+        store = str(folder)  # its figure_inputs/ travel with the report
+    files = write_report(results, target, notes=info.get("notes") or "", store=Path(store) if store else None,
                          config=info.get("sweep_config"), figures=figures, rank_metrics=rank_metrics,
                          redraw=redraw)
     return {f"{folder.name}/{name}": path for name, path in files.items()}
@@ -112,15 +119,17 @@ def build(path: str, results_dir: Optional[str] = None, store: Optional[str] = N
     if (folder / "sweep.json").exists():
         return report_sweep(folder, results_dir, store, figures, rank_metrics, redraw)
     if (folder / "cells.json").exists():
-        return report_results_folder(folder, store, figures, rank_metrics, redraw)
+        return report_results_folder(folder, store, figures, rank_metrics, redraw,
+                                     Path(results_dir) if results_dir else None)
     if (folder / "cells").is_dir():
         return report_store(folder, results_dir, store, figures, rank_metrics, redraw)
     nested = sorted(p.parent for p in folder.rglob("cells.json"))
     if nested:
         written: Dict[str, Path] = {}
         for inner in nested:
-            files = report_results_folder(inner, store, figures, rank_metrics, redraw)
             prefix = inner.relative_to(folder).parent
+            files = report_results_folder(inner, store, figures, rank_metrics, redraw,
+                                          Path(results_dir) / prefix if results_dir else None)
             written.update({str(prefix / name): p for name, p in files.items()})
         return written
     raise ReportError(f"{path} holds no sweep.json, cells.json or cells/; give a sweep folder "
@@ -196,7 +205,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for name, path in written.items():
         if name.endswith("leaderboard.md"):
             print("\n" + path.read_text())
-    print("written: " + ", ".join(str(p) for p in written.values()))
+    folders = sorted({str(path.parent) for path in written.values()})
+    print(f"written: {len(written)} files in {', '.join(folders)}")
     if args.export_maps:
         print(f"exported the maps of {len(exported)} cells to {args.export_maps}")
+    for name, path in written.items():
+        if name.endswith("report.html"):
+            print(f"report: {path}")
     return 0

@@ -81,7 +81,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Dict, Hashable, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Hashable, Iterable, List, Optional, Tuple
 
 import numpy as np
 import pandas as pd
@@ -438,16 +438,89 @@ def column_standings(rows: Dict[Hashable, RowScores], higher_is_better: bool, al
     return out
 
 
-# --- markdown ------------------------------------------------------------------------------
-def decimals(values: Iterable[float]) -> int:
-    """Decimal places for a column: 4 below 10, then one fewer per digit before the point (>= 1)."""
-    finite_values = [abs(v) for v in values if v is not None and v == v and math.isfinite(v)]
-    if not finite_values or max(finite_values) < 10:
-        return 4
-    digits = int(math.floor(math.log10(max(finite_values)))) + 1
-    return max(1, 5 - digits)
+# --- the digits a value is shown with ------------------------------------------------------
+MISSING = "–"
 
 
 def half_width(low: float, high: float) -> float:
     return (high - low) / 2.0
 
+
+def is_number(value: Any) -> bool:
+    """Whether ``value`` is a finite real number (not a bool)."""
+    return (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+            and math.isfinite(float(value)))
+
+
+def interval_places(half: float) -> Optional[int]:
+    """Decimal places a half-width supports (negative: tens, hundreds, ...), or None for a
+    half-width that is missing, zero or negative.
+
+    The half-width keeps two significant digits when its three leading digits read 100 to 354,
+    one when they read 355 to 949, and 950 to 999 round up to 1000 and keep two (the rounding
+    convention of the Particle Data Group's Review of Particle Physics): 0.0125 -> 3 places
+    (0.013), 0.04 -> 2 (0.04), 1.5 -> 1 (1.5), 0.0097 -> 3 (0.010), 1834 -> -2 (1800)."""
+    if not is_number(half) or half <= 0:
+        return None
+    exponent = math.floor(math.log10(half))
+    leading = round(half / 10.0 ** (exponent - 2))  # 100 to 1000
+    # 355 to 949 keep one digit; 950 to 1000 round up to the next power of ten, whose two digits
+    # end at the same place
+    return 1 - exponent if leading <= 354 else -exponent
+
+
+def rounded(value: float, places: int) -> str:
+    """``value`` rounded to ``places`` decimals (negative: to tens, hundreds, ...), never in
+    exponent notation, without a minus sign on a zero."""
+    if places >= 0:
+        text = f"{value:.{places}f}"
+    else:
+        text = f"{round(value, places):.0f}"
+    return text[1:] if text.startswith("-") and not text.strip("-0.") else text
+
+
+def plain(value: Any, significant: int = 3) -> str:
+    """A value without an interval: ``significant`` significant digits, at least every digit
+    before the point (0.98604 -> 0.986, 83.525 -> 83.5, 6130.6 -> 6131), exponent notation below
+    1e-4; ``–`` for a missing value."""
+    if not is_number(value):
+        return MISSING
+    value = float(value)
+    if value == 0:
+        return "0"
+    if abs(value) < 1e-4:
+        return f"{value:.{significant - 1}e}"
+    return rounded(value, max(0, significant - 1 - math.floor(math.log10(abs(value)))))
+
+
+def with_interval(mean: Any, half: Any) -> str:
+    """``mean ± half-width`` with as many digits as the half-width supports
+    (:func:`interval_places`), the mean rounded to the same place: (0.8704, 0.0125) ->
+    ``0.870 ± 0.013``, (0.52, 0.04) -> ``0.52 ± 0.04``, (12.34, 1.5) -> ``12.3 ± 1.5``. A
+    zero-width interval (every score equal) gives ``plain(mean) ± 0``, a missing one ``plain(mean)``,
+    a missing mean ``–``."""
+    if not is_number(mean):
+        return MISSING
+    if not is_number(half) or half < 0:
+        return plain(mean)
+    places = interval_places(float(half))
+    if places is None:
+        return f"{plain(mean)} ± 0"
+    return f"{rounded(float(mean), places)} ± {rounded(float(half), places)}"
+
+
+def rank_text(rank: Any) -> str:
+    """A rank as an integer (``5``), a mean of ranks with one decimal (``4.5``); ``–`` if missing."""
+    if not is_number(rank):
+        return MISSING
+    return str(int(rank)) if float(rank).is_integer() else f"{float(rank):.1f}"
+
+
+def mean_rank_text(rank: Any) -> str:
+    """A mean rank with one decimal (``5.0``); ``–`` if missing."""
+    return f"{float(rank):.1f}" if is_number(rank) else MISSING
+
+
+def p_text(p: Any) -> str:
+    """A p-value with two significant digits (``0.21``, ``0.0031``, ``1.2e-11``, ``1``); ``–`` if missing."""
+    return f"{float(p):.2g}" if is_number(p) else MISSING

@@ -24,10 +24,16 @@ every pair of rows compared on the images both scored (two-sided Wilcoxon signed
 default, Holm's correction over the column's pairs, alpha 0.05); a row the tests do not find
 significantly worse than the column's best mean is *tied with the best* and ranks 1, any other row
 ranks 1 + the number of rows significantly better than it. The mean ranks are taken over the
-chosen metrics (all by default). ``leaderboard.md`` shows ``mean ± half the interval's width``
-with the significance rank in brackets, the best mean of each column and every row tied with it
-in bold (the HTML report tints the best mean's cell too), and a ⚠ mark with a footnote where a
-cell carries a flag (e.g. a failed sanity check).
+chosen metrics (all by default). ``leaderboard.md`` and the HTML report lead with each metric's
+:class:`Finding` (its best row, whether the runner-up is tied with it, the accuracy its model gives
+up), then show the rows by mean rank, best first (:func:`board_order`), each metric as ``mean ±
+half the interval's width`` with the digits the interval supports
+(:func:`interpbench.report.stats.with_interval`) and the significance rank in brackets, the best
+mean of each column and every row tied with it in bold (the HTML report tints the best mean's cell
+too), and a ⚠ mark with a footnote where a cell carries a flag (e.g. a failed sanity check). A
+board of one metric has no mean-rank column; the markdown of a board of more than
+:data:`COMPACT_ABOVE` metrics gives a compact table of ranks, then one short table per metric.
+``leaderboard.csv`` keeps its rows by model and explainer.
 
 The per-image scores reach :func:`summary_table` on the tidy table's ``attrs`` (set by
 :func:`tidy_table`, not written to ``cells.csv``); a tidy table without them (read back from a
@@ -49,19 +55,26 @@ import pandas as pd
 from interpbench.core import CellResult
 from interpbench.report.stats import (
     ALPHA,
+    BEST,
     BOOTSTRAP_SEED,
     DEFAULT_TEST,
     EXACT_LIMIT,
     LEVEL,
+    MISSING,
     RESAMPLES,
     RowScores,
     bootstrap_interval,
     check_alpha,
     check_test,
     column_standings,
-    decimals,
     half_width,
+    is_number,
+    mean_rank_text,
+    p_text,
+    plain,
     rank_column,
+    rank_text,
+    with_interval,
 )
 
 TIDY_COLUMNS = ["data", "size", "model", "explainer", "metric", "label", "seed", "score", "ci_low",
@@ -247,13 +260,15 @@ def pivot(tidy: pd.DataFrame, rank_metrics: Optional[Sequence[str]] = None,
     table["accuracy_ci_low"] = acc_low
     table["accuracy_ci_high"] = acc_high
     keyed = summary.set_index(["model", "explainer", "label"])
+    added: Dict[str, List[Any]] = {}  # joined at once: a column at a time fragments a wide frame
     for label in labels:
         for column, source in PIVOT_SUFFIXES:
             kind = bool if source == "tied_best" else float
             missing = False if source == "tied_best" else float("nan")
-            table[label + column] = [
+            added[label + column] = [
                 kind(keyed.loc[(r.model, r.explainer, label), source]) if (r.model, r.explainer, label) in keyed.index
                 else missing for r in table.itertuples()]
+    table = pd.concat([table, pd.DataFrame(added, index=table.index)], axis=1)
     for name, suffix in (("mean_rank", "_rank"), ("mean_sig_rank", "_sig_rank")):
         ranks = table[[label + suffix for label in chosen]]
         table[name] = ranks.mean(axis=1, skipna=True) if chosen else float("nan")
@@ -278,13 +293,36 @@ def flag_footnotes(summary: pd.DataFrame) -> Dict[str, int]:
 class Entry:
     """One leaderboard cell as shown: its text (no markup), the number it sorts by, whether it is
     the column's best, whether it is tied with the best (not significantly worse; the best itself
-    is ``best``, not ``tied``), and its flag's footnote number and text, if any."""
+    is ``best``, not ``tied``), its flag's footnote number and text, if any, the mean and
+    interval alone (``number``) and the rank shown in brackets (``rank``)."""
     text: str
     value: Any
     best: bool = False
     footnote: Optional[int] = None
     flag: Optional[str] = None
     tied: bool = False
+    number: str = ""
+    rank: Any = None
+
+
+@dataclass
+class Board:
+    """The leaderboard as shown, shared by the markdown and the HTML report: the columns (table
+    column names), their headers (with the direction arrow), the rows of entries in board order
+    (best mean rank first), the flag footnotes, each column's direction (True: higher is better,
+    False: lower is better, None: a text column), the metric labels, the mean-rank column (None
+    with a single metric, whose rank it would repeat) and whether the ranks are significance ranks."""
+    columns: List[str]
+    headers: List[str]
+    rows: List[List[Entry]]
+    footnotes: Dict[str, int]
+    higher: Dict[str, Optional[bool]]
+    labels: List[str]
+    mean_column: Optional[str]
+    significance: bool
+
+
+COMPACT_ABOVE = 4  # boards with more metrics than this get a compact table of ranks (markdown)
 
 
 def uses_significance(table: pd.DataFrame, labels: Sequence[str]) -> bool:
@@ -294,54 +332,199 @@ def uses_significance(table: pd.DataFrame, labels: Sequence[str]) -> bool:
                for label in labels)
 
 
-def leaderboard_entries(table: pd.DataFrame, higher_is_better: Dict[str, bool],
-                        summary: Optional[pd.DataFrame] = None) -> Tuple[List[str], List[str], List[List[Entry]], Dict[str, int]]:
-    """The leaderboard as shown: ``(columns, headers, rows of entries, flag footnotes)``; a metric
-    entry reads ``mean ± half-width (significance rank)`` and the last column is the mean
-    significance rank (without significance columns: the ranks by mean and their mean); shared by
-    the markdown and the HTML report."""
+def best_first(value: Any, higher: bool) -> Tuple[int, float]:
+    """A sort key putting the best value of a column first in its direction and missing values last."""
+    if not is_number(value):
+        return (1, 0.0)
+    return (0, -float(value) if higher else float(value))
+
+
+def mean_rank_column(table: pd.DataFrame, labels: Sequence[str]) -> str:
+    """``mean_sig_rank`` when the table has significance ranks, else ``mean_rank``."""
+    return ("mean_sig_rank" if uses_significance(table, labels) and "mean_sig_rank" in table.columns
+            else "mean_rank")
+
+
+def board_order(table: pd.DataFrame, higher_is_better: Dict[str, bool]) -> List[int]:
+    """Positions of ``table``'s rows in board order: by mean rank (the mean significance rank when
+    there is one), ties by the first metric's mean in its direction, then by model and explainer."""
+    labels = [label for label in higher_is_better if label in table.columns]
+    mean_column = mean_rank_column(table, labels)
+    records = table.to_dict("records")
+
+    def key(position: int) -> Tuple[Any, ...]:
+        record = records[position]
+        first = best_first(record[labels[0]], higher_is_better[labels[0]]) if labels else (1, 0.0)
+        return (best_first(record.get(mean_column), False), first, str(record["model"]), str(record["explainer"]))
+
+    return sorted(range(len(records)), key=key)
+
+
+def leaderboard_board(table: pd.DataFrame, higher_is_better: Dict[str, bool],
+                      summary: Optional[pd.DataFrame] = None) -> Board:
+    """The leaderboard as shown (:class:`Board`): rows in :func:`board_order`; a metric entry
+    reads ``mean ± half-width (significance rank)`` with the digits its interval supports
+    (:func:`interpbench.report.stats.with_interval`), the accuracy likewise, the last column the
+    mean significance rank with one decimal (without significance columns: the ranks by mean and
+    their mean); a board of one metric has no mean-rank column."""
     labels = [label for label in higher_is_better if label in table.columns]
     summary = summary if summary is not None else pd.DataFrame(columns=SUMMARY_COLUMNS)
     footnotes = flag_footnotes(summary)
     flags = {(r.model, r.explainer, r.label): r.flag for r in summary.itertuples()
              if isinstance(r.flag, str) and r.flag}
     significance = uses_significance(table, labels)
-    mean_column = "mean_sig_rank" if significance and "mean_sig_rank" in table.columns else "mean_rank"
-    direction = dict(higher_is_better, accuracy=True, mean_rank=False, mean_sig_rank=False)
-    columns = ["model", "explainer", "accuracy", *labels, mean_column]
+    mean_column = mean_rank_column(table, labels) if len(labels) > 1 else None
+    direction: Dict[str, Optional[bool]] = dict(higher_is_better, model=None, explainer=None, accuracy=True)
+    if mean_column:
+        direction[mean_column] = False
+    columns = ["model", "explainer", "accuracy", *labels] + ([mean_column] if mean_column else [])
     best = {}
     for column in columns[2:]:
         if table[column].notna().any():
             best[column] = table[column].max() if direction[column] else table[column].min()
-    places = {column: decimals(table[column]) for column in ["accuracy", *labels]}
     headers = ["model", "explainer"] + [
         "mean rank ↓" if c == mean_column else f"{c} {'↑' if direction[c] else '↓'}" for c in columns[2:]]
+    records = table.to_dict("records")
     rows = []
-    for values in table.itertuples(index=False):
-        record = dict(zip(table.columns, values))
+    for position in board_order(table, higher_is_better):
+        record = records[position]
         entries = [Entry(str(record["model"]), record["model"]), Entry(str(record["explainer"]), record["explainer"])]
         for column in columns[2:]:
             value = record[column]
-            if value is None or value != value:
-                entries.append(Entry("–", None))
+            if not is_number(value):
+                entries.append(Entry(MISSING, None, number=MISSING))
                 continue
-            text = f"{value:.1f}" if column == mean_column else f"{value:.{places[column]}f}"
-            low, high = record.get(f"{column}_ci_low"), record.get(f"{column}_ci_high")
-            if low is not None and low == low and high == high:
-                text += f" ± {half_width(low, high):.{places[column]}f}"
+            if column == mean_column:
+                number = mean_rank_text(value)
+            else:
+                low, high = record.get(f"{column}_ci_low"), record.get(f"{column}_ci_high")
+                number = with_interval(value, half_width(low, high) if is_number(low) and is_number(high) else None)
+            text = number
             rank = record.get(f"{column}_sig_rank") if significance else None
-            if rank is None or rank != rank:
+            if not is_number(rank):
                 rank = record.get(f"{column}_rank")
-            if column in labels and rank == rank:
-                text += f" ({int(rank)})"
+            if column in labels and is_number(rank):
+                text += f" ({rank_text(rank)})"
+            else:
+                rank = None
             is_best = bool(column in best and value == best[column])
             marked = record.get(f"{column}_tied_best")
             tied = bool(significance and column in labels and not is_best
                         and isinstance(marked, (bool, np.bool_)) and marked)
             flag = flags.get((record["model"], record["explainer"], column))
-            entries.append(Entry(text, float(value), is_best, footnotes.get(flag) if flag else None, flag, tied))
+            entries.append(Entry(text, float(value), is_best, footnotes.get(flag) if flag else None, flag, tied,
+                                 number, rank))
         rows.append(entries)
-    return columns, headers, rows, footnotes
+    return Board(columns, headers, rows, footnotes, {c: direction[c] for c in columns}, labels, mean_column,
+                 significance)
+
+
+# --- the headline: the best row of each metric ----------------------------------------------
+@dataclass
+class Finding:
+    """One metric's answer: its best row (model, explainer) and its ``mean ± half-width``, the
+    runner-up (the next mean in the metric's direction; None when the best is the only row with a
+    score), whether the runner-up is tied with the best (None: no significance test was possible),
+    the Holm-adjusted p-value of the two, how many other rows are tied with the best, and the
+    accuracy of the best row's model beside the board's most accurate model (its accuracy and
+    model), and the best cell's flag, if any."""
+    label: str
+    higher: bool
+    best: Tuple[str, str]
+    best_text: str
+    runner: Optional[Tuple[str, str]]
+    runner_text: str
+    runner_tied: Optional[bool]
+    runner_p: float
+    others_tied: int
+    accuracy: float
+    top_accuracy: float
+    top_model: str
+    flag: Optional[str] = None
+
+    @property
+    def arrow(self) -> str:
+        return "↑" if self.higher else "↓"
+
+    def comparison(self) -> str:
+        """How the best row stands against the runner-up (markdown-ish text)."""
+        if self.runner is None:
+            return "the only row with a score"
+        runner = f"{self.runner[0]} × {self.runner[1]} ({self.runner_text}"
+        if self.runner_tied is None:  # no test: ahead by the mean alone, or level with it
+            return f"{'level with' if self.runner_text == self.best_text else 'ahead of'} {runner})"
+        p = "not tested" if not is_number(self.runner_p) else f"p = {p_text(self.runner_p)}"
+        if not self.runner_tied:
+            return f"significantly better than the runner-up {runner}; {p})"
+        more = f" and {self.others_tied} more row{'s' if self.others_tied > 1 else ''}" if self.others_tied else ""
+        return f"tied with {runner}; {p}){more}"
+
+    def accuracy_cost(self, short: bool = False) -> str:
+        """What choosing the best row costs in accuracy against the board's most accurate model,
+        in percentage points: a sentence, or ``short`` (``0.984 (−0.2 points)``)."""
+        if not is_number(self.accuracy):
+            return MISSING if short else "Accuracy not known"
+        points = 100.0 * (self.top_accuracy - self.accuracy)
+        if points <= 0:
+            return (f"{plain(self.accuracy)} (most accurate)" if short
+                    else f"Accuracy cost: none ({self.best[0]} is the most accurate model, {plain(self.accuracy)})")
+        shown = f"{points:.1f}" if points >= 0.1 else f"{points:.2g}"
+        if short:
+            return f"{plain(self.accuracy)} (−{shown} points)"
+        return (f"Accuracy cost: {shown} points ({plain(self.accuracy)} against {plain(self.top_accuracy)} for "
+                f"{self.top_model}, the most accurate model)")
+
+    def sentence(self) -> str:
+        """The finding in markdown-ish text: ``**pixel_removal ↑**: best **coda_net × native**,
+        0.929 ± 0.012, significantly better than the runner-up ... Accuracy cost: ...``."""
+        flagged = f" ({FLAG} flagged: {self.flag})" if self.flag else ""
+        return (f"**{self.label} {self.arrow}**: best **{self.best[0]} × {self.best[1]}**, {self.best_text}{flagged}, "
+                f"{self.comparison()}. {self.accuracy_cost()}.")
+
+
+def findings(table: pd.DataFrame, higher_is_better: Dict[str, bool],
+             summary: Optional[pd.DataFrame] = None) -> List[Finding]:
+    """Each metric's :class:`Finding`, in the board's column order. The best row is the one the
+    significance tests were run against (``vs_best == "best"`` in ``summary``), else the best mean
+    (ties: by model and explainer); the runner-up the next mean in the metric's direction."""
+    labels = [label for label in higher_is_better if label in table.columns]
+    summary = summary if summary is not None else pd.DataFrame(columns=SUMMARY_COLUMNS)
+    significance = uses_significance(table, labels)
+    records = table.to_dict("records")
+    accuracies = [(float(r["accuracy"]), str(r["model"])) for r in records if is_number(r.get("accuracy"))]
+    top_accuracy = max((a for a, _ in accuracies), default=float("nan"))
+    top_model = min((m for a, m in accuracies if a == top_accuracy), default="")
+    marked = {(r.model, r.explainer, r.label) for r in summary.itertuples() if r.vs_best == BEST}
+    flags = {(r.model, r.explainer, r.label): r.flag for r in summary.itertuples()
+             if isinstance(r.flag, str) and r.flag}
+    out = []
+    for label in labels:
+        higher = higher_is_better[label]
+        scored = sorted((r for r in records if is_number(r[label])),
+                        key=lambda r: (best_first(r[label], higher), str(r["model"]), str(r["explainer"])))
+        if not scored:
+            continue
+        best = next((r for r in scored if (r["model"], r["explainer"], label) in marked), scored[0])
+        others = [r for r in scored if r is not best]
+        runner = others[0] if others else None
+
+        def shown(record: Dict[str, Any]) -> str:
+            low, high = record.get(f"{label}_ci_low"), record.get(f"{label}_ci_high")
+            return with_interval(record[label], half_width(low, high) if is_number(low) and is_number(high) else None)
+
+        def tied(record: Dict[str, Any]) -> bool:
+            value = record.get(f"{label}_tied_best")
+            return isinstance(value, (bool, np.bool_)) and bool(value)
+
+        out.append(Finding(
+            label, higher, (str(best["model"]), str(best["explainer"])), shown(best),
+            (str(runner["model"]), str(runner["explainer"])) if runner else None, shown(runner) if runner else "",
+            (tied(runner) if significance else None) if runner else None,
+            float(runner.get(f"{label}_p_vs_best", float("nan"))) if runner else float("nan"),
+            sum(tied(r) for r in others[1:]) if significance else 0,
+            float(best["accuracy"]) if is_number(best.get("accuracy")) else float("nan"), top_accuracy, top_model,
+            flags.get((best["model"], best["explainer"], label))))
+    return out
 
 
 def flag_lines(summary: pd.DataFrame) -> List[str]:
@@ -357,16 +540,16 @@ def flag_lines(summary: pd.DataFrame) -> List[str]:
 def rank_sentence(labels: Sequence[str], rank_metrics: Optional[Sequence[str]] = None,
                   significance: bool = False) -> str:
     """What the bracketed ranks and the mean rank column are, in one sentence (and, with
-    ``significance``, where the CSVs keep the rest)."""
+    ``significance``, where the CSVs keep the rest); a board of one metric has no mean rank column."""
     chosen = list(labels) if rank_metrics is None else list(rank_metrics)
+    mean = f"; mean rank over: {', '.join(chosen) or 'none'}" if len(labels) > 1 else ""
     if not significance:
-        return ("(n): rank in the column, 1 = best in the metric's direction, ties share the better rank; "
-                f"mean rank over: {', '.join(chosen) or 'none'}.")
+        return f"(n): rank in the column, 1 = best in the metric's direction, ties share the better rank{mean}."
+    mean = f"; mean rank (of these ranks) over: {', '.join(chosen) or 'none'}" if len(labels) > 1 else ""
     return ("(n): significance rank in the column: 1 for the best mean and every row tied with it (bold), "
-            "otherwise 1 + the number of rows significantly better than this one; mean rank (of these ranks) "
-            f"over: {', '.join(chosen) or 'none'}. The CSVs keep the rank by mean alone (`<metric>_rank`, "
-            "`mean_rank`) beside `<metric>_sig_rank`, `<metric>_tied_best`, `<metric>_p_vs_best` (Holm-adjusted) "
-            "and `mean_sig_rank`.")
+            f"otherwise 1 + the number of rows significantly better than this one{mean}. The CSVs keep the rank "
+            "by mean alone (`<metric>_rank`, `mean_rank`) beside `<metric>_sig_rank`, `<metric>_tied_best`, "
+            "`<metric>_p_vs_best` (Holm-adjusted) and `mean_sig_rank`.")
 
 
 def test_description(test: str) -> str:

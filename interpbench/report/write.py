@@ -63,20 +63,20 @@ def write_report(results: List[CellResult], folder: Path, notes: str = "", store
 def write_leaderboard(results: List[CellResult], results_dir: Path, notes: str = "",
                       store: Optional[Path] = None, config: Optional[Dict[str, Any]] = None,
                       figures: bool = True, rank_metrics: Optional[Sequence[str]] = None,
-                      redraw: bool = False) -> Dict[str, Path]:
+                      redraw: bool = False, log=print) -> Dict[str, Path]:
     """Write each dataset's report under ``<results_dir>/<data>/``: ``leaderboard.{csv,md}``,
     ``leaderboard_tidy.csv``, ``cells.{csv,json}``, ``provenance.json``, the figures (PNG and SVG)
     and ``report.html`` (``figures.json`` records what each figure was drawn from, so an unchanged
     figure is reused unless ``redraw``). ``store``: where the saliency grid's and morphing figure's
     stored inputs are found (``<store>/figure_inputs``, default: the work directory); they are copied
     into ``<results_dir>/<data>/figure_inputs/``, and a figure whose inputs are in neither is skipped
-    with a printed note. Returns ``"<data>/<file>" -> path``."""
+    with a note passed to ``log`` (default: printed). Returns ``"<data>/<file>" -> path``."""
     written: Dict[str, Path] = {}
     by_data: Dict[str, List[CellResult]] = {}
     for result in results:
         by_data.setdefault(str(result.data), []).append(result)
     for data_name, part in sorted(by_data.items()):
         files = write_report(part, Path(results_dir) / data_name, notes=notes, store=store, config=config,
-                             figures=figures, rank_metrics=rank_metrics, redraw=redraw)
+                             figures=figures, rank_metrics=rank_metrics, redraw=redraw, log=log)
         written.update({f"{data_name}/{name}": path for name, path in files.items()})
     return written
