@@ -109,16 +109,16 @@ def test_the_plan_flag_on_the_command_line(tmp_path):
     assert not (tmp_path / "s" / "models").exists()
 
 
-def test_the_cpu_profile_works_at_64_px_and_says_so(tmp_path):
+def test_the_cpu_profile_works_at_32_px_and_says_so(tmp_path):
     cfg = tiny(tmp_path, "zoo=fa_cnn", "data.image_size=224", "data.num_train=20", "data.num_test=10")
     plan = plan_sweep(cfg)
-    assert plan.input_size == (3, 64, 64) and cfg.data.image_size == 64
-    assert cfg.profile.image_size_asked == 224 and list(cfg.profile.image_size) == [3, 64, 64]
+    assert plan.input_size == (3, 32, 32) and cfg.data.image_size == 32
+    assert cfg.profile.image_size_asked == 224 and list(cfg.profile.image_size) == [3, 32, 32]
     from interpbench.report.markdown import sweep_notes
     from interpbench.storage import plain
 
     notes = sweep_notes(plain(cfg), "abc")
-    assert "images at 64 x 64 px (data.image_size=224 asked; the cpu profile works at profile.max_image_size=64" in notes
+    assert "images at 32 x 32 px (data.image_size=224 asked; the cpu profile works at profile.max_image_size=32" in notes
     paper = tiny(tmp_path, "zoo=fa_cnn", "data.image_size=96", "profile.max_image_size=null", "data.num_train=20",
                  "data.num_test=10")
     assert plan_sweep(paper).input_size == (3, 96, 96)

@@ -309,8 +309,9 @@ def table(costs: List[JobCost], macs_per_s: float, parallel: int, memory: Option
         rows.append((cost.name + (" !" if cost.problems else ""), str(cost.train_images), str(cost.epochs),
                      f"{cost.macs / 1e6:,.1f}", str(cost.cells), clock(cost.seconds), gigabytes(cost.peak_bytes)))
     total = sum(cost.seconds for cost in costs)
-    rows.append(("total", "", "", "", str(sum(c.cells for c in costs)),
-                 clock(total / max(1, min(parallel, len(costs)))) + f" ({parallel} at a time)", ""))
+    # the jobs shared out over the parallel slots, but never less than the longest job
+    wall = max(total / max(1, min(parallel, len(costs))), max((c.seconds for c in costs), default=0.0))
+    rows.append(("total", "", "", "", str(sum(c.cells for c in costs)), clock(wall) + f" ({parallel} at a time)", ""))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [f"preflight on {label}: a training step of each model timed ({macs_per_s / 1e9:.1f} GMAC/s for a "
              "reference network)"
