@@ -261,8 +261,8 @@ def estimate(plan: Any, todo: List[str], untrained: List[str], missing: Dict[str
         if limit is not None and seconds > limit:
             problems.append(
                 f"{name}: estimated {clock(seconds)} exceeds {limit_key}={limit / 60:g} min; raise {limit_key}, "
-                f"or lower profile.recipes.{default_recipe_name(spec.model)}.epochs / max_train_images or "
-                "data.image_size, or pass --force")
+                f"or lower profile.recipes.{default_recipe_name(spec.model)}.epochs / max_train_images"
+                + (" or data.image_size" if cfg.data.get("image_size") is not None else "") + ", or pass --force")
         if share is not None and peak > share:
             problems.append(
                 f"{name}: estimated peak memory {gigabytes(peak)} exceeds the {gigabytes(share)} available per job "
