@@ -86,6 +86,30 @@ def release_memory(device: Device) -> None:
         torch.cuda.empty_cache()
 
 
+def halving_batches(run: Callable[[int, int], Any], total: int, size: int, device: Device, start: int = 0
+                    ) -> Iterator[Tuple[int, int, Any, int]]:
+    """Run ``run(first, stop)`` over ``[start, total)`` in consecutive batches of at most ``size``,
+    yielding ``(first, stop, its value, the batch size in use)``. A batch that runs out of memory
+    (:func:`is_out_of_memory`) is run again in half the size, which is kept for the rest; a
+    one-image batch's error, or any other error, is raised."""
+    position = start
+    while position < total:
+        stop = min(total, position + size)
+        short_of_memory = False
+        try:
+            value = run(position, stop)
+        except Exception as error:
+            if not is_out_of_memory(error) or stop - position == 1:
+                raise
+            short_of_memory = True  # released below, once the traceback's references are gone
+        if short_of_memory:
+            release_memory(device)
+            size = max(1, (stop - position) // 2)
+            continue
+        yield position, stop, value, size
+        position = stop
+
+
 def _read_int(path: Path) -> Optional[int]:
     try:
         text = path.read_text().strip()
@@ -418,21 +442,11 @@ class Explainer:
         total = images.shape[0]
         if fit_memory and total - start > 1:
             size = self.fit_batch_size(model, images[start:], targets[start:], size)
-        position = start
-        while position < total:
-            stop = min(total, position + size)
-            try:
-                maps = self._explain(model, images[position:stop], targets[position:stop], device)
-            except Exception as error:
-                if not is_out_of_memory(error) or stop - position == 1:
-                    raise
-                maps = None
-            if maps is None:  # out of memory: the same images again, in half the batch
-                release_memory(device)
-                size = max(1, (stop - position) // 2)
-                continue
-            yield position, maps, size
-            position = stop
+        def explain(first: int, stop: int) -> torch.Tensor:
+            return self._explain(model, images[first:stop], targets[first:stop], device)
+
+        for first, _, maps, used in halving_batches(explain, total, size, device, start):
+            yield first, maps, used
 
     def explain_all(
         self, model: ZooModel, images: torch.Tensor, targets: torch.Tensor, batch_size: int = 250,

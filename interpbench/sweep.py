@@ -27,6 +27,8 @@ from interpbench.launch.slurm_client import (
     task_outcome,
 )
 from interpbench.report.markdown import sweep_notes
+from interpbench.report.stats import mean_rank_text, with_interval
+from interpbench.report.tables import board_order, directions, mean_rank_column
 from interpbench.report.write import write_leaderboard
 from interpbench.storage import (
     atomic_write_json,
@@ -200,37 +202,27 @@ def result_warnings(results: List[Any], num_classes: Optional[int]) -> List[str]
 
 
 def top_rows(csv_path: Path, count: int = 5) -> str:
-    """The leaderboard's best ``count`` rows by mean rank (at most four metric columns), as text."""
+    """The leaderboard's best ``count`` rows (at most four metric columns), as text: the rows in the
+    leaderboard's order, the numbers written as the leaderboard writes them."""
     import pandas as pd
 
     board = pd.read_csv(csv_path)
-    rank = "mean_sig_rank" if "mean_sig_rank" in board and board["mean_sig_rank"].notna().any() else "mean_rank"
-    board = board.sort_values([rank, "model", "explainer"], kind="stable")
-    metrics = [c[: -len("_ci_low")] for c in board.columns if c.endswith("_ci_low") and c != "accuracy_ci_low"]
+    higher = directions(pd.read_csv(csv_path.with_name("leaderboard_tidy.csv")))
+    metrics = [label for label in higher if label in board.columns]
+    rank = mean_rank_column(board, metrics)
+    board = board.iloc[board_order(board, higher)]
     shown = pd.DataFrame({"model": board["model"], "explainer": board["explainer"],
                           "accuracy": board["accuracy"].map(lambda v: f"{v:.3f}")})
     for metric in metrics[:4]:
         half = (board[f"{metric}_ci_high"] - board[f"{metric}_ci_low"]) / 2
-        shown[metric] = [plus_minus(v, h) for v, h in zip(board[metric], half)]
+        shown[metric] = [with_interval(v, h) for v, h in zip(board[metric], half)]
     if len(metrics) > 1:
-        shown["mean rank"] = board[rank].map(lambda v: f"{v:.1f}")
+        shown["mean rank"] = board[rank].map(mean_rank_text)
     more = f", {len(metrics) - 4} more metrics" if len(metrics) > 4 else ""
     head = (f"leaderboard {csv_path.parent.name}: top {min(count, len(board))} of {len(board)} rows by "
             f"{'mean rank' if len(metrics) > 1 else metrics[0] if metrics else 'rank'}{more} "
             f"(all of it: {csv_path.with_suffix('.md')})")
     return head + "\n" + shown.head(count).to_string(index=False)
-
-
-def plus_minus(value: float, half: float) -> str:
-    """``value ± half`` with the half-width to two significant digits, the value to the same place."""
-    if value != value:
-        return "–"
-    if half != half or half <= 0:
-        return f"{value:.3f}"
-    import math
-
-    places = max(0, 1 - int(math.floor(math.log10(half))))
-    return f"{value:.{places}f} ± {half:.{places}f}"
 
 
 @in_sweep_store

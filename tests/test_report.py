@@ -543,3 +543,19 @@ def test_report_renders_in_headless_chromium(built_report, tmp_path):
             assert upper + box_height <= height
             region = image.crop((left, upper, min(left + width, WIDTH), upper + box_height))  # a wide one scrolls
             assert len(region.getcolors(maxcolors=1_000_000)) > 200, (left, upper)
+
+
+def test_a_results_folder_rebuilt_under_results_dir_leaves_the_folder_alone(built_report, tmp_path, capsys):
+    from interpbench.report.build import main
+
+    out, _, _ = built_report
+    folder = out / "synthetic"
+    before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert main([str(folder), "--results-dir", str(tmp_path / "copy"), "--redraw"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1] == f"report: {tmp_path / 'copy' / 'synthetic' / 'report.html'}"
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if p.is_file()} == before
+    copied = json.loads((tmp_path / "copy" / "synthetic" / "figures.json").read_text())
+    assert sorted(copied) == sorted(json.loads((folder / "figures.json").read_text()))  # its figure inputs found
+    assert (tmp_path / "copy" / "synthetic" / "leaderboard.csv").read_text() == (folder / "leaderboard.csv").read_text()

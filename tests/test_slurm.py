@@ -215,6 +215,20 @@ def test_job_arrays_give_the_local_leaderboard_number_for_number(cluster, tmp_pa
     assert {state for state, _, _ in states.values()} == {"COMPLETED"} and len(states) == 6
     last_training_end = max(states[t["job_id"]][2] for t in train)
     assert all(states[t["job_id"]][1] >= last_training_end for t in evaluation)  # the dependency held
+    # Each task reported its progress into the sweep's folder in the shared store, as a local job
+    # does: where the console reads it while it waits.
+    from interpbench import progress
+    from interpbench.console import status_file
+
+    sweep_dir = Path(train[0]["folder"]).parent
+    for task in train + evaluation:
+        report = progress.read(status_file(sweep_dir / "progress", task["name"]))
+        assert report is not None and report["job"] == task["name"], task["name"]
+        assert report["stage"] == ("trained" if task in train else "metric")
+    reported = sorted(progress.read(status_file(sweep_dir / "progress", t["name"]))["test_accuracy"] for t in train)
+    recorded = sorted(json.loads(p.read_text())["test_accuracy"]
+                      for p in (tmp_path / "slurm" / "store" / "models").glob("*/record.json"))
+    assert reported == recorded and len(reported) == 3
 
     boards = [pd.read_csv(tmp_path / name / "results" / "synthetic" / "leaderboard.csv") for name in ("local", "slurm")]
     assert len(boards[0]) == 3 and boards[0].equals(boards[1])

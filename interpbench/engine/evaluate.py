@@ -52,7 +52,7 @@ from interpbench.data.base import Dataset, to_float
 from interpbench.engine.figure_inputs import store_figure_inputs
 from interpbench.engine.train import load_trained, resolve_device
 from interpbench.explainers import EXPLAINERS
-from interpbench.explainers.base import fit_batch_size, is_out_of_memory, release_memory
+from interpbench.explainers.base import fit_batch_size, halving_batches, is_out_of_memory
 from interpbench.integrity import (
     cell_result,
     load_verified,
@@ -97,21 +97,8 @@ def predict(model: ZooModel, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     """The predicted class of each image, in batches of at most ``batch_size`` (halved when one runs
     out of memory)."""
     device = next(model.parameters()).device
-    classes, start = [], 0
-    while start < x.shape[0]:
-        stop = min(x.shape[0], start + batch_size)
-        try:
-            predicted: Optional[torch.Tensor] = model(x[start:stop].to(device)).argmax(1).cpu()
-        except Exception as error:
-            if not is_out_of_memory(error) or stop - start == 1:
-                raise
-            predicted = None
-        if predicted is None:  # out of memory: the same images again, in half the batch
-            release_memory(device)
-            batch_size = max(1, (stop - start) // 2)
-            continue
-        classes.append(predicted)
-        start = stop
+    classes = [predicted for _, _, predicted, _ in halving_batches(
+        lambda start, stop: model(x[start:stop].to(device)).argmax(1).cpu(), x.shape[0], batch_size, device)]
     return torch.cat(classes) if classes else torch.zeros(0, dtype=torch.long)
 
 
@@ -314,12 +301,12 @@ def score_batches(metrics: Dict[str, Any], model: ZooModel, images: Dict[str, to
     size = batch_size
     if metrics and total > 1:
         size = fit_metric_batch_size(metrics, model, images, saliency, targets, device, explainer, batch_size)
-    start = 0
-    while start < total and metrics:
-        part = slice(start, min(total, start + size))
-        batch = metric_batch(model, images, saliency, targets, part, device, explainer)
+
+    def score(start: int, stop: int) -> Dict[str, Tuple[Dict[str, torch.Tensor], float]]:
+        """Every metric still in ``metrics`` on the images ``[start, stop)``; a metric that raises
+        (other than out of memory on several images, which halves the batch) leaves ``metrics``."""
+        batch = metric_batch(model, images, saliency, targets, slice(start, stop), device, explainer)
         computed: Dict[str, Tuple[Dict[str, torch.Tensor], float]] = {}
-        short_of_memory = False
         for key, metric in list(metrics.items()):
             if on_metric is not None:
                 on_metric(key)
@@ -327,25 +314,23 @@ def score_batches(metrics: Dict[str, Any], model: ZooModel, images: Dict[str, to
             try:
                 result = metric.compute(batch)
             except Exception as error:
-                if is_out_of_memory(error) and part.stop - part.start > 1:
-                    short_of_memory = True
-                    break
+                if is_out_of_memory(error) and stop - start > 1:
+                    raise  # every metric scores the same images again, in half the batch
                 errors[key] = last_lines(traceback.format_exc())
                 del metrics[key]
                 continue
             computed[key] = ({name: value.detach().float().cpu() for name, value in result.items()},
                              time.time() - tick)
-        if short_of_memory:  # every metric scores the same images again, in half the batch
-            del batch, computed
-            release_memory(device)
-            size = max(1, (part.stop - part.start) // 2)
-            continue
+        return computed
+
+    for _, _, computed, _ in halving_batches(score, total if metrics else 0, size, device):
         for key, (result, spent) in computed.items():
             if key in metrics:
                 seconds[key] += spent
                 for name, value in result.items():
                     parts[key].setdefault(name, []).append(value)
-        start = part.stop
+        if not metrics:
+            break
     outputs = {key: {name: torch.cat(values) for name, values in parts[key].items()} for key in metrics}
     return outputs, {key: seconds[key] for key in metrics}, errors
 

@@ -33,6 +33,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from interpbench.console import EVAL_FACTOR, clock
 from interpbench.engine.train import default_recipe_name, multiply_accumulates, resolve_device
+from interpbench.launch.base import local_slots
 from interpbench.storage import atomic_write_json
 
 PREFLIGHT_MODES = ("check", "plan", "force", "off")
@@ -237,7 +238,7 @@ def estimate(plan: Any, todo: List[str], untrained: List[str], missing: Dict[str
     the multiply-adds and ``macs_per_s`` stand in)."""
 
     limit, limit_key = time_limit_s(cfg)
-    parallel = int(cfg.launcher.get("max_parallel", 1) or 1) if cfg.launcher.name == "local" else 1
+    parallel = local_slots(cfg.launcher)[0] if cfg.launcher.name == "local" else 1
     share = memory / parallel if memory else None
     costs = []
     for key in todo:
@@ -334,10 +335,9 @@ def preflight(plan: Any, todo: List[str], untrained: List[str], missing: Dict[st
     if mode == "off" or not todo:
         return True, []
     launcher = cfg.launcher
-    parallel = int(launcher.get("max_parallel", 1) or 1) if launcher.name == "local" else \
-        int(launcher.get("array_parallelism") or len(todo)) if launcher.name == "slurm" else 1
-    threads = launcher.get("threads_per_job") or (
-        max(1, (os.cpu_count() or 1) // parallel) if launcher.name == "local" else None)
+    parallel, threads = local_slots(launcher) if launcher.name == "local" else (
+        int(launcher.get("array_parallelism") or len(todo)) if launcher.name == "slurm" else 1,
+        launcher.get("threads_per_job"))
     macs_per_s = calibrate(store, cfg.device, threads=threads)
     per_image = measure_steps(plan, todo, store, cfg.device, threads) if not os.environ.get(CALIBRATION_ENV) else {}
     memory = available_memory()

@@ -2,6 +2,7 @@
 outcome and the tail of an error."""
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,6 +134,14 @@ def outcome_line(outcome: Outcome) -> str:
     if cells:
         parts.append(f"{cells - failed}/{cells} cells" + (f", {failed} failed" if failed else ""))
     return ", ".join(parts)
+
+
+def local_slots(options: Any) -> Tuple[int, int]:
+    """The local launcher's ``(jobs at a time, torch threads per job)``: ``launcher.max_parallel`` and
+    ``launcher.threads_per_job`` (default: the cores shared out among the parallel jobs)."""
+    parallel = int(options.get("max_parallel", 1) or 1)
+    threads = options.get("threads_per_job") or max(1, (os.cpu_count() or 1) // parallel)
+    return parallel, int(threads)
 
 
 def train_options(cfg: Any) -> Dict[str, Any]:

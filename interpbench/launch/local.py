@@ -2,7 +2,6 @@
 job through submitit's ``LocalExecutor``, at most ``max_parallel`` at a time)."""
 from __future__ import annotations
 
-import os
 import time
 import traceback
 from pathlib import Path
@@ -16,6 +15,7 @@ from interpbench.launch.base import (
     cell_keys,
     failure_cause,
     last_lines,
+    local_slots,
     outcome_line,
     sweep_console,
     train_options,
@@ -128,9 +128,8 @@ class LocalLauncher:
 
     def launch(self, work: SweepWork) -> List[Outcome]:
         options = work.cfg.launcher
-        parallel = int(options.get("max_parallel", 1))
-        threads = options.get("threads_per_job") or max(1, (os.cpu_count() or 1) // parallel)
-        jobs = model_jobs(work, threads=int(threads))
+        parallel, threads = local_slots(options)
+        jobs = model_jobs(work, threads=threads)
         console = sweep_console(work, jobs, parallel=parallel).start()
         try:
             return run_local(jobs, work.sweep_dir / "jobs", max_parallel=parallel,

@@ -596,6 +596,12 @@ def number_points(figure, axes, xs: np.ndarray, ys: np.ndarray, numbers: Sequenc
         text.set_path_effects([patheffects.withStroke(linewidth=2.5, foreground="white")])
 
 
+def board_tables(results: Sequence[CellResult]) -> Tuple[Any, Any]:
+    """The results' ``(tidy_table, pivot)``, for a figure whose caller has not made them."""
+    tidy = tidy_table(results)
+    return tidy, pivot(tidy)
+
+
 def accuracy_figure(results: Sequence[CellResult], labels: Optional[Sequence[str]] = None,
                     tables: Optional[Tuple[Any, Any]] = None, colours: Optional[Dict[str, Any]] = None):
     """Test accuracy against each metric's mean (95 % interval as error bars), a panel per metric,
@@ -605,10 +611,7 @@ def accuracy_figure(results: Sequence[CellResult], labels: Optional[Sequence[str
     from matplotlib.collections import LineCollection
     from matplotlib.lines import Line2D
 
-    if tables is None:
-        tidy = tidy_table(results)
-        tables = tidy, pivot(tidy)
-    tidy, table = tables
+    tidy, table = tables if tables is not None else board_tables(results)
     higher = directions(tidy)
     labels = sorted(higher) if labels is None else list(labels)
     unknown = [label for label in labels if label not in higher]
@@ -733,10 +736,7 @@ def rank_figure(results: Sequence[CellResult], tables: Optional[Tuple[Any, Any]]
     """Rows (model, explainer), columns metrics, each cell coloured by and annotated with its rank
     (:func:`rank_matrix`), a last column with the row's mean rank. Returns the figure."""
     plt = pyplot()
-    if tables is None:
-        tidy = tidy_table(results)
-        tables = tidy, pivot(tidy)
-    tidy, table = tables
+    tidy, table = tables if tables is not None else board_tables(results)
     higher = directions(tidy)
     labels = sorted(higher)
     if len(labels) < 2:
